@@ -1,0 +1,132 @@
+"""Array backend: NumPy on the CPU, CuPy on a GPU, one code path.
+
+This is the only module that imports CuPy, and it does so lazily, so the package imports
+and runs everywhere. Core functions take their array module from their inputs
+(:func:`array_module`), never from a global, so both backends can be used in one process.
+
+Example::
+
+    xp = get_xp("cpu")            # numpy
+    x = to_device(np.ones(3), "gpu:0")
+    y = to_host(x)                # numpy again
+
+See also: ``Class2D`` options ``use_gpu`` / ``gpu_ids`` (RELION's syntax "0,1").
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+#: Real and complex dtypes of images, references and Fourier transforms.
+FLOAT = np.float32
+COMPLEX = np.complex64
+#: Dtypes for sums over many particles (noise spectra, class weights, log-likelihoods).
+ACCUM_FLOAT = np.float64
+ACCUM_COMPLEX = np.complex128
+
+
+def cupy_or_none() -> ModuleType | None:
+    """Return the cupy module if it imports and sees a CUDA device, else None."""
+    try:
+        import cupy  # noqa: PLC0415  (lazy on purpose)
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        return cupy
+    except Exception:  # ImportError, CUDA driver errors: no GPU backend here
+        return None
+
+
+def gpu_available() -> bool:
+    """True when CuPy works and at least one CUDA device is visible."""
+    return cupy_or_none() is not None
+
+
+def parse_gpu_ids(gpu_ids: str) -> list[int]:
+    """Parse RELION's "Which GPUs to use" string into device ids.
+
+    ``""`` means every visible device; ``"0,1,2,3"`` or ``"0:1"`` (RELION separates MPI
+    ranks with ':') list devices. Duplicates are removed, order kept.
+    """
+    text = gpu_ids.strip().strip('"')
+    if not text:
+        cp = cupy_or_none()
+        return list(range(cp.cuda.runtime.getDeviceCount())) if cp is not None else []
+    ids: list[int] = []
+    for part in text.replace(":", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit():
+            raise ValueError(f"gpu_ids: '{gpu_ids}' is not a list of device numbers like '0,1,2,3'")
+        if int(part) not in ids:
+            ids.append(int(part))
+    return ids
+
+
+def get_xp(device: str = "cpu") -> ModuleType:
+    """Array module for a device string: ``"cpu"`` -> numpy, ``"gpu"``/``"gpu:N"`` -> cupy."""
+    if device == "cpu":
+        return np
+    cp = cupy_or_none()
+    if cp is None:
+        raise RuntimeError(
+            "Use GPU acceleration was requested but CuPy with a CUDA device is not available; "
+            "install emclass2d[gpu] on a machine with an NVIDIA GPU, or set use_gpu to No"
+        )
+    return cp
+
+
+def array_module(*arrays: Any) -> ModuleType:
+    """The module (numpy or cupy) of the array arguments; raises on a numpy/cupy mix.
+
+    Python scalars and None are ignored.
+    """
+    found: ModuleType | None = None
+    for a in arrays:
+        if a is None or isinstance(a, (int, float, complex, np.generic)):
+            continue
+        mod = np if isinstance(a, np.ndarray) else _module_of(a)
+        if found is None:
+            found = mod
+        elif mod is not found:
+            raise TypeError("arrays live on different devices (numpy and cupy mixed)")
+    return found if found is not None else np
+
+
+def _module_of(a: Any) -> ModuleType:
+    name = type(a).__module__.split(".")[0]
+    if name == "cupy":
+        import cupy  # noqa: PLC0415
+
+        return cupy
+    return np
+
+
+def to_device(a: Any, device: str = "cpu") -> Any:
+    """Copy a host array to ``device`` (no copy on the CPU, or if already there)."""
+    if device == "cpu":
+        return to_host(a)
+    cp = get_xp(device)
+    dev_id = int(device.split(":")[1]) if ":" in device else 0
+    with cp.cuda.Device(dev_id):
+        return cp.asarray(a)
+
+
+def to_host(a: Any) -> np.ndarray:
+    """Return a NumPy array whatever the input's device."""
+    if isinstance(a, np.ndarray):
+        return a
+    get = getattr(a, "get", None)
+    if callable(get) and type(a).__module__.split(".")[0] == "cupy":
+        return get()
+    return np.asarray(a)
+
+
+def device_of(a: Any) -> str:
+    """Device string of an array: "cpu" or "gpu:N"."""
+    if isinstance(a, np.ndarray) or type(a).__module__.split(".")[0] != "cupy":
+        return "cpu"
+    return f"gpu:{a.device.id}"
