@@ -149,7 +149,7 @@ def block_to_text(name: str, block: DataBlock) -> str:
         for row in zip(*columns):
             lines.append("".join(f"{v:>10} " for v in row))
     else:
-        width = max((len(k) for k in block), default=0) + 6
+        width = max((len(k) for k in block), default=0) + 12
         for label, value in block.items():
             text = format_value(value)
             lines.append(f"_{label:<{width}}{text}")
