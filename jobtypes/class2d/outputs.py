@@ -82,7 +82,7 @@ def model_star_tables(model: Model, table: ParticleTable, files: IterationFiles,
     ssnr, comp, sig, tau2 = (_h(model.data_vs_prior), _h(model.fourier_completeness), _h(model.sigma2_ref), _h(model.tau2))
     spectra = [c2f.class_spectrum_table(model.box, model.pixel_size_A, ssnr[i], comp[i], sig[i], tau2[i],
                                         None if orientability is None else orientability[i]) for i in range(k)]
-    groups = c2f.groups_table(table.group_names, table.group_counts, _h(model.scale))
+    groups = c2f.groups_table(table.group_names, table.group_counts(), _h(model.scale))
     noise = _h(model.sigma2_noise)
     optics = [c2f.optics_noise_table(model.box, model.pixel_size_A, noise[g]) for g in range(noise.shape[0])]
     cur_res_A = 1.0 / model.current_resolution if model.current_resolution > 0 else 999.0
