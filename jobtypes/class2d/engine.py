@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -100,7 +99,6 @@ class Engine:
         setups = {d: prepare_iteration(models[d], settings, sampling, iteration) for d in devs}
         total = len(indices)
         done = 0
-        t0 = time.monotonic()
         stats: dict[str, BatchStats | None] = {d: None for d in devs}
         collected: list[tuple[np.ndarray, Any]] = []
 
@@ -117,8 +115,9 @@ class Engine:
             stats[dev] = s if stats[dev] is None else merge_stats(stats[dev], s)
             collected.append((idx, r))
             done += len(idx)
-            self.progress(done, total, f"iteration {iteration} E-step ({done / max(time.monotonic() - t0, 1e-9):.0f} particles/s)")
+            self.progress(done, total, f"iteration {iteration} E-step")
 
+        self.progress(0, total, f"iteration {iteration} E-step")
         if len(devs) == 1:
             for idx, imgs in self.batches(indices):
                 self.check_abort()

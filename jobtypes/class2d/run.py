@@ -188,6 +188,7 @@ def new_state(ctx: RunContext, opts: Class2DOptions, devices: list[str]) -> RunS
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     X, Y = frequency_grid(n, px, xp)
     warned = False
+    ctx.progress(0, len(first), "initial noise and references")
     for start in range(0, len(first), 256):
         ctx.check_abort()
         idx = first[start:start + 256]
