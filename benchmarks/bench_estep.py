@@ -75,7 +75,7 @@ def random_subset_averages(imgs: np.ndarray, n_classes: int, seed: int = 1) -> n
 def run_regime(args, xp, regime: str) -> dict:
     """Time expectation_batch in one regime; returns the figures printed by :func:`main`."""
     n, k, b, px = args.box, args.classes, args.particles, args.pixel_size
-    refs, imgs, noise_sd = synthetic(n, k, b, px, snr=args.flat_snr if regime == "flat" else args.snr)
+    refs, imgs, noise_sd = synthetic(n, k, b, px, snr=args.snr)
     diameter = 0.8 * n * px
     sigma2 = np.full((1, n // 2 + 1), noise_sd ** 2 / (2 * n * n))
     if regime == "flat":
@@ -83,7 +83,7 @@ def run_regime(args, xp, regime: str) -> dict:
         # (signal included), current size from ini_high (facts 2.10, 2.11)
         # (from particles other than the timed ones: no self-correlation peak), low-passed
         # at ini_high as RELION's initial references
-        refs = random_subset_averages(synthetic(n, k, 25 * k, px, seed=1, snr=args.flat_snr)[1], k)
+        refs = random_subset_averages(synthetic(n, k, 25 * k, px, seed=1, snr=args.snr)[1], k)
         refs = lowpass_raised_cosine(refs, args.ini_high, px)
         sums = add_noise_sums(NoiseSums.zeros(n), imgs, np.zeros(b, dtype=np.int64), radius_px=diameter / (2 * px))
         sigma2 = np.asarray(sigma2_noise_from_sums(sums))
@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--offset-step", type=float, default=2.0)
     ap.add_argument("--oversampling", type=int, default=1)
     ap.add_argument("--current-size", type=int, default=0, help="peaked regime; 0: the full box")
-    ap.add_argument("--snr", type=float, default=0.1, help="peaked regime: signal-to-noise ratio")
-    ap.add_argument("--flat-snr", type=float, default=0.01, help="flat regime: signal-to-noise ratio")
+    ap.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio of the particles")
     ap.add_argument("--ini-high", type=float, default=25.0, help="flat regime: iteration-1 resolution (A)")
     ap.add_argument("--noise-mask", action="store_true", help="noise-filled mask (zero_mask off)")
     ap.add_argument("--budget-mb", type=float, default=512.0)

@@ -25,7 +25,8 @@ import pandas as pd
 
 from emclass2d.core.selection import count_particles
 from emclass2d.nodes.mrc import MrcFileError, read_mrcs
-from emclass2d.nodes.star import StarFileError, read_star
+from emclass2d.nodes import class2d_files as c2f
+from emclass2d.nodes.star import StarFileError
 
 _IMAGE_RE = re.compile(r"^\s*(\d+)@(.+?)\s*$")
 
@@ -93,61 +94,39 @@ def _flag(general: dict[str, Any], label: str) -> bool:
         return str(v).strip().lower() in ("true", "yes")
 
 
-def _pointed_file(general: dict[str, Any], label: str, optimiser_path: str, project_dir: Path) -> Path:
-    value = str(general.get(label, "") or "").strip()
-    if not value or value in ('""', "None"):
-        raise Class2DInputError(f"{optimiser_path}: _{label} is empty; expected the path of this iteration's file")
-    path = Path(value) if Path(value).is_absolute() else project_dir / value
-    if not path.is_file():
-        raise Class2DInputError(f"{optimiser_path}: _{label} points to {value}, which does not exist")
-    return path
-
-
 def read_class2d_iteration(optimiser_star: str | os.PathLike[str], project_dir: str | os.PathLike[str] = ".") -> Class2DIteration:
-    """Read an optimiser.star and what it points to; refuses 3D runs and unreadable files."""
+    """Read an optimiser.star and what it points to; refuses 3D runs and unreadable files.
+
+    The files are read by :func:`emclass2d.nodes.class2d_files.read_class2d_iteration`;
+    this adds the checks and the per-class view that selection needs.
+    """
     project_dir = Path(project_dir)
     opt_name = str(optimiser_star)
+    if re.search(r"(^|/)(Class3D|Refine3D|InitialModel|MultiBody)/", opt_name):
+        raise Class2DInputError(f"{opt_name}: is the optimiser of a 3D job; select classes from a Class2D job")
     opt_path = Path(opt_name) if Path(opt_name).is_absolute() else project_dir / opt_name
     if not opt_path.is_file():
         raise Class2DInputError(f"fn_model: {opt_name} does not exist")
     try:
-        blocks = read_star(opt_path)
-    except StarFileError as exc:
+        it = c2f.read_class2d_iteration(opt_path, project_dir)
+    except (StarFileError, ValueError) as exc:
         raise Class2DInputError(str(exc)) from exc
-    general = blocks.get("optimiser_general")
-    if not isinstance(general, dict):
-        raise Class2DInputError(f"{opt_name}: no data_optimiser_general block; expected a run_itNNN_optimiser.star")
-    if re.search(r"(^|/)(Class3D|Refine3D|InitialModel|MultiBody)/", opt_name):
-        raise Class2DInputError(f"{opt_name}: is the optimiser of a 3D job; select classes from a Class2D job")
-
-    model_path = _pointed_file(general, "rlnModelStarFile", opt_name, project_dir)
-    data_path = _pointed_file(general, "rlnExperimentalDataStarFile", opt_name, project_dir)
-    try:
-        model = read_star(model_path)
-        data = read_star(data_path)
-    except StarFileError as exc:
-        raise Class2DInputError(str(exc)) from exc
-
-    mgen = model.get("model_general")
-    if not isinstance(mgen, dict):
-        raise Class2DInputError(f"{model_path}: no data_model_general block")
+    general = it.optimiser.general
+    mgen = it.model.general
+    model_path = it.model.path
     dim = int(float(mgen.get("rlnReferenceDimensionality", 2)))
     if dim != 2:
         raise Class2DInputError(
             f"{model_path}: _rlnReferenceDimensionality is {dim}: this is a 3D run (Class3D/Refine3D); "
             "select classes from a Class2D job")
-    classes = model.get("model_classes")
-    if not isinstance(classes, pd.DataFrame) or "rlnReferenceImage" not in classes:
-        raise Class2DInputError(f"{model_path}: data_model_classes with _rlnReferenceImage not found")
-    for label in ("rlnClassDistribution",):
+    classes = it.model.classes
+    for label in ("rlnReferenceImage", "rlnClassDistribution"):
         if label not in classes:
             raise Class2DInputError(f"{model_path}: data_model_classes lacks _{label}")
-    particles = data.get("particles")
-    optics = data.get("optics")
-    if not isinstance(particles, pd.DataFrame) or not isinstance(optics, pd.DataFrame):
-        raise Class2DInputError(f"{data_path}: expected data_optics and data_particles tables (RELION 3.1+ format)")
-    if "rlnClassNumber" not in particles:
-        raise Class2DInputError(f"{data_path}: data_particles lacks _rlnClassNumber; expected a Class2D data.star")
+    particles, optics = it.data.particles, it.data.optics
+    data_path = it.data.source
+    if not (particles["rlnClassNumber"].to_numpy() > 0).any():
+        raise Class2DInputError(f"{data_path}: no particle has an _rlnClassNumber; expected a Class2D data.star")
 
     averages = _read_references(classes["rlnReferenceImage"].tolist(), model_path, project_dir)
     px = float(mgen.get("rlnPixelSize", 0) or 0)
@@ -160,7 +139,7 @@ def read_class2d_iteration(optimiser_star: str | os.PathLike[str], project_dir: 
         diameter = averages.shape[-1] * px  # RELION's default mask: the whole box
     return Class2DIteration(
         optimiser_path=opt_name, optimiser_general=general, model_path=str(model_path), data_path=str(data_path),
-        model_blocks=model, optics=optics, particles=particles, averages=averages, pixel_size_A=px,
+        model_blocks=it.model.blocks(), optics=optics, particles=particles, averages=averages, pixel_size_A=px,
         particle_diameter_A=diameter, do_correct_ctf=_flag(general, "rlnDoCorrectCtf"),
         intact_first_peak=_flag(general, "rlnDoIgnoreCtfUntilFirstPeak"), classes=classes)
 
