@@ -86,13 +86,12 @@ def model_star_tables(model: Model, table: ParticleTable, files: IterationFiles,
     noise = _h(model.sigma2_noise)
     optics = [c2f.optics_noise_table(model.box, model.pixel_size_A, noise[g]) for g in range(noise.shape[0])]
     cur_res_A = 1.0 / model.current_resolution if model.current_resolution > 0 else 999.0
-    norm = table.particles["rlnNormCorrection"].to_numpy(dtype=np.float64)
     general = dict(
         rlnOriginalImageSize=int(model.box), rlnCurrentResolution=float(cur_res_A),
         rlnCurrentImageSize=int(model.current_size), rlnPaddingFactor=float(model.padding_factor),
         rlnPixelSize=float(model.pixel_size_A), rlnNrClasses=int(k), rlnNrGroups=int(table.n_groups),
         rlnNrOpticsGroups=int(noise.shape[0]), rlnTau2FudgeFactor=float(model.tau2_fudge),
-        rlnNormCorrectionAverage=float(norm.mean()) if norm.size else 1.0,
+        rlnNormCorrectionAverage=float(model.avg_norm_correction),
         rlnSigmaOffsetsAngst=float(np.sqrt(max(model.sigma2_offset_A2, 0.0))),
         rlnLogLikelihood=float(model.log_likelihood), rlnAveragePmax=float(model.ave_pmax),
     )

@@ -148,13 +148,8 @@ def gradient_maximization(model: Model, stats: Any, tau2: Any, settings: Setting
     if sched.class_replacement_at(it):
         pair = choose_class_replacement(model.pdf_class, upd.avg_class_error, sched.class_inactivity_threshold)
     if pair is not None:
-        drop, expand = pair
-        vstate = replace_class(vstate, drop, expand)
-        rows = copy_class_rows(dict(references=model.references, pdf_class=model.pdf_class,
-                                    pdf_direction=model.pdf_direction, tau2=model.tau2,
-                                    data_vs_prior=model.data_vs_prior), drop, expand)
-        model = replace(model, **rows)
-        update[drop] = False
+        model, vstate = replace_inactive_class(model, vstate, *pair)
+        update[pair[0]] = False
     xp = array_module(w1)
     tau2 = xp.asarray(tau2, dtype=xp.float64)
     ssnr = xp.array(model.data_vs_prior, dtype=xp.float64, copy=True)
@@ -172,6 +167,18 @@ def gradient_maximization(model: Model, stats: Any, tau2: Any, settings: Setting
                     overall_completeness=overall, tau2_fudge=float(t_fudge), current_size=cur)
     model = maximization_other_parameters(model, stats, settings, mu=sched.mu_at(it))
     return model, vstate, pair
+
+
+def replace_inactive_class(model: Model, vstate: VdamState, drop: int, expand: int) -> tuple[Model, VdamState]:
+    """Class ``drop`` becomes a copy of class ``expand`` (``MlModel::reset_class``, facts 3.7).
+
+    Copies the average, pdf_class, pdf_direction, tau2, SSNR and the moments (the copied
+    half-1 first moment damped by 0.9); pdf_class is renormalised by the next M-step.
+    """
+    rows = copy_class_rows(dict(references=model.references, pdf_class=model.pdf_class,
+                                pdf_direction=model.pdf_direction, tau2=model.tau2,
+                                data_vs_prior=model.data_vs_prior), drop, expand)
+    return replace(model, **rows), replace_class(vstate, drop, expand)
 
 
 def center_gradient_classes(refs: np.ndarray, vstate: VdamState, max_shift_px: float, diameter_A: float,
@@ -248,7 +255,8 @@ def run_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: li
             model = _after_maximization(ctx, opts, state, model, it, write_unmasked=False, center=False)
         else:
             model = move_to(maximization(move_to(model, dev), stats, setup.tau2, settings), "cpu")
-            model = _after_maximization(ctx, opts, state, model, it, write_unmasked=False)
+            model = _after_maximization(ctx, opts, state, model, it, write_unmasked=False,
+                                        center=sched.center_classes_at(it, bool(opts.do_center)))
         if pair is not None:
             ctx.log(f"Mini-batch {it}: class {pair[0] + 1} (inactive) replaced by a copy of class {pair[1] + 1}")
         summary = _update_particles(state, results, model)
@@ -276,4 +284,4 @@ def _write_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, sched: V
 
 
 __all__ = ["run_vdam", "schedule_for", "vdam_optimiser_values", "gradient_maximization", "center_gradient_classes",
-           "read_moments"]
+           "read_moments", "replace_inactive_class"]
