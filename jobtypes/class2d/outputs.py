@@ -12,7 +12,9 @@ Example::
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,6 +109,7 @@ def write_iteration(
     command_line: str,
     moments: tuple[np.ndarray, np.ndarray] | None = None,
     write_data: bool = True,
+    project_dir: str | os.PathLike[str] = ".",
 ) -> list[str]:
     """Write the iteration's files (optimiser last, so a complete optimiser.star means a complete set).
 
@@ -115,25 +118,26 @@ def write_iteration(
     (RELION's sequential iteration 0). moments: VDAM (first-moment stack (2K, P, 2(P/2+1)),
     second-moment stack (K, ...)) already in RELION's interleaved layout. Returns written paths.
     """
+    base = Path(project_dir)  # file names in the STAR files stay project-relative
     written: list[str] = []
     refs = np.asarray(to_host(model.references), dtype=np.float32)
-    write_mrcs(files.classes, refs, model.pixel_size_A)
+    write_mrcs(base / files.classes, refs, model.pixel_size_A)
     written.append(files.classes)
     if moments is not None:
-        write_complex_stack(files.moment1, moments[0])
-        write_complex_stack(files.moment2, moments[1])
+        write_complex_stack(base / files.moment1, moments[0])
+        write_complex_stack(base / files.moment2, moments[1])
         written += [files.moment1, files.moment2]
-    c2f.write_model_star(files.model, **model_star_tables(model, table, files, with_moments=moments is not None))
+    c2f.write_model_star(base / files.model, **model_star_tables(model, table, files, with_moments=moments is not None))
     written.append(files.model)
     if write_data:
-        c2f.write_data_star(files.data, table.to_blocks())
+        c2f.write_data_star(base / files.data, table.to_blocks())
         written.append(files.data)
     if sampling_values is not None:
-        c2f.write_sampling_star(files.sampling, sampling_values)
+        c2f.write_sampling_star(base / files.sampling, sampling_values)
         written.append(files.sampling)
     general = dict(optimiser_values)
     general.update(rlnOutputRootName=files.root, rlnModelStarFile=files.model, rlnExperimentalDataStarFile=files.data,
                    rlnOrientSamplingStarFile=files.sampling, rlnCurrentIteration=int(files.it))
-    c2f.write_optimiser_star(files.optimiser, general, command_line)
+    c2f.write_optimiser_star(base / files.optimiser, general, command_line)
     written.append(files.optimiser)
     return written

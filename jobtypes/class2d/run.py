@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from emclass2d.core.accuracy import N_PARTICLES as N_ACCURACY_PARTICLES
+from emclass2d.core.accuracy import expected_accuracies, trial_poses
 from emclass2d.core.backend import get_xp, gpu_available, parse_gpu_ids, to_device, to_host
 from emclass2d.core.center import center_classes
 from emclass2d.core.ctf import compute_ctf
@@ -331,6 +333,7 @@ def run_em(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: list
         stats, results, setup = engine.expectation(model, settings, sampling, it, all_particles)
         model = move_to(maximization(move_to(model, devices[0]), stats, setup.tau2, settings), "cpu")
         model = _after_maximization(ctx, opts, state, model, it, write_unmasked=True)
+        model = estimate_accuracies(state, model, it, devices[0])
         summary = _update_particles(state, results, model)
         state.model = model
         _write(ctx, opts, state, it, write_sampling=True)
@@ -373,12 +376,45 @@ def _after_maximization(ctx: RunContext, opts: Class2DOptions, state: RunState, 
     if opts.do_center if center is None else center:
         refs, _ = center_classes(refs, state.sampling.offset_range_px)
     if write_unmasked:
-        write_mrcs(f"{state.root.rsplit('_ct', 1)[0] if '_ct' in state.root else state.root}_unmasked_classes.mrcs",
+        write_mrcs(Path(ctx.project_dir) / f"{state.root.split('_ct', 1)[0]}_unmasked_classes.mrcs",
                    refs, model.pixel_size_A)
     diameter_A = state.settings.diameter_A(model.box, model.pixel_size_A)
     refs = solvent_flatten(refs, diameter_A / (2 * model.pixel_size_A), WIDTH_MASK_EDGE_PX)
     cur_res = update_current_resolution(model.data_vs_prior, model.box, model.pixel_size_A, state.settings.minres_map)
     return replace(model, references=refs.astype(np.float32), current_resolution=cur_res)
+
+
+def estimate_accuracies(state: RunState, model: Model, it: int, device: str = "cpu") -> Model:
+    """rlnAccuracyRotations/TranslationsAngst of ``model`` from the first particles (facts 2.13).
+
+    Uses the CTFs, group scales and optics-group noise spectra of the first
+    :data:`~emclass2d.core.accuracy.N_PARTICLES` particles of the table, at the model's
+    current image size; poses are seeded by (random seed, iteration).
+    """
+    table, s = state.table, state.settings
+    idx = np.arange(min(N_ACCURACY_PARTICLES, table.n_particles))
+    if idx.size == 0:
+        return model
+    n, px = model.box, model.pixel_size_A
+    xp = get_xp(device)
+    ctf = None
+    if s.do_ctf:
+        c = table.ctf_parameters(idx)
+        fx, fy = frequency_grid(n, px, xp)
+        ctf = compute_ctf(fx, fy, xp.asarray(c["defocus_u_A"]), xp.asarray(c["defocus_v_A"]),
+                          xp.asarray(c["defocus_angle_deg"]), xp.asarray(c["voltage_kV"]), xp.asarray(c["cs_mm"]),
+                          xp.asarray(c["amplitude_contrast"]), xp.asarray(c["phase_shift_deg"]),
+                          xp.asarray(c["ctf_bfactor_A2"]), xp.asarray(c["ctf_scale"]),
+                          intact_first_peak=s.ctf_intact_first_peak, phase_flipped=s.ctf_phase_flipped)
+        premult = xp.asarray(c["ctf_premultiplied"]).astype(bool)[:, None, None]
+        ctf = xp.where(premult, ctf * ctf, ctf)
+    sigma2 = np.asarray(to_host(model.sigma2_noise), dtype=np.float64)[table.optics_index[idx]] * s.sigma2_fudge
+    scale = np.asarray(to_host(model.scale), dtype=np.float64)[table.group_index[idx]] if s.do_scale else None
+    psi0, axis = trial_poses(idx.size, state.random_seed, it)
+    acc = expected_accuracies(to_device(np.asarray(to_host(model.references)), device), to_host(model.pdf_class), ctf,
+                              xp.asarray(sigma2), int(model.current_size), psi0, axis, px, scale=scale,
+                              padding_factor=int(model.padding_factor))
+    return replace(model, accuracy_rot_deg=acc.rot_deg, accuracy_trans_A=acc.trans_A)
 
 
 def _wrap_deg(d: np.ndarray) -> np.ndarray:
@@ -476,7 +512,7 @@ def _write(ctx: RunContext, opts: Class2DOptions, state: RunState, it: int, writ
     files = IterationFiles(state.root, it)
     write_iteration(files, state.model, state.table, optimiser_values(opts, state, vdam=vdam),
                     sampling_values(state, state.sampling) if write_sampling else None,
-                    command_line(ctx), moments=moments)
+                    command_line(ctx), moments=moments, project_dir=ctx.project_dir)
     return files
 
 
