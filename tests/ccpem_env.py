@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import sys
 import time
 from dataclasses import dataclass, field
@@ -80,7 +81,9 @@ def _venv_python(venv: Path) -> Path:
 def _probe(python: Path, env: dict[str, str]) -> dict | None:
     if not python.exists():
         return None
-    proc = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, env=env, timeout=120)
+    # Run outside the checkout: an emclass2d.egg-info there would shadow the venv's own metadata.
+    proc = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=tempfile.gettempdir())
     if proc.returncode != 0:
         return None
     try:
@@ -116,6 +119,11 @@ def _shim(env_root: Path, process_types: list[str]) -> Path:
     return env_root
 
 
+def _declares_entry_points() -> bool:
+    """Whether this checkout's pyproject declares the pipeliner entry points."""
+    return '"ccpem_pipeliner.jobs"' in (REPO / "pyproject.toml").read_text()
+
+
 def build_env(shim_root: Path, extra_pythonpath: list[Path] = ()) -> CcpemEnv:
     """Reuse or build the venv; returns the environment to run the pipeliner in."""
     python = _venv_python(VENV_DIR)
@@ -133,8 +141,9 @@ def build_env(shim_root: Path, extra_pythonpath: list[Path] = ()) -> CcpemEnv:
         build_seconds = time.monotonic() - start
         (VENV_DIR / BUILD_RECORD).write_text(json.dumps({"seconds": round(build_seconds, 1), "spec": PIPELINER_SPEC}))
         info = _probe(python, env)
-    elif not _in_repo(info["jobtypes"]):
-        _pip(python, "--no-deps", "-e", str(REPO))  # another checkout of ours: point the venv here
+    elif not _in_repo(info["jobtypes"]) or (_declares_entry_points() and not info["entry_points"]):
+        # another checkout of ours, or metadata from before the entry points were declared
+        _pip(python, "--no-deps", "-e", str(REPO))
         info = _probe(python, env)
     if info is None:
         raise RuntimeError(f"{VENV_DIR}: the pipeliner or emclass2d does not import after installing")
