@@ -64,6 +64,7 @@ from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.class2d.engine import move_to
 from emclass2d.jobtypes.class2d.options import Class2DOptions
 from emclass2d.jobtypes.class2d.run import (RunState, _after_maximization, _hms, _iteration_setup, _update_particles,
+                                            estimate_accuracies,
                                             _write, finish, make_engine)
 from emclass2d.nodes import class2d_files as c2f
 from emclass2d.nodes.mrc import read_complex_stack
@@ -257,6 +258,8 @@ def run_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: li
             model = move_to(maximization(move_to(model, dev), stats, setup.tau2, settings), "cpu")
             model = _after_maximization(ctx, opts, state, model, it, write_unmasked=False,
                                         center=sched.center_classes_at(it, bool(opts.do_center)))
+        if it <= 1 or it % 10 == 0 or it == nr_iter:  # RELION's VDAM schedule of accuracy estimates
+            model = estimate_accuracies(state, model, it, dev)
         if pair is not None:
             ctx.log(f"Mini-batch {it}: class {pair[0] + 1} (inactive) replaced by a copy of class {pair[1] + 1}")
         summary = _update_particles(state, results, model)
