@@ -95,8 +95,11 @@ def run_regime(args, xp, regime: str) -> dict:
     model = Model.empty(k, n, px, xp=xp)
     model = dataclasses.replace(
         model, references=xp.asarray(refs), current_size=cur, coarse_size=coarse,
-        sigma2_noise=xp.asarray(sigma2))
-    settings = Settings(do_ctf=True, zero_mask=not args.noise_mask, particle_diameter_A=diameter, random_seed=1)
+        sigma2_noise=xp.asarray(sigma2 * args.sigma2_scale),
+        data_vs_prior=xp.asarray(np.where(np.arange(n // 2 + 1) < cur // 4, 5.0, 0.5)[None].repeat(k, 0)))
+    # GUI defaults: --ctf --norm --scale --zero_mask (facts 4.7)
+    settings = Settings(do_ctf=True, do_norm=True, do_scale=True, zero_mask=not args.noise_mask,
+                        particle_diameter_A=diameter, random_seed=1)
     samp = make_sampling(args.psi_step, args.offset_range, args.offset_step, args.oversampling,
                          round_psi_to_32=args.device != "cpu")
     samp = with_perturbation(samp, perturbation_for_iteration(1, 1))
@@ -117,18 +120,19 @@ def run_regime(args, xp, regime: str) -> dict:
         pool.free_all_blocks()
     else:
         tracemalloc.start()
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _, res = expectation_batch(batch, model, settings, setup, memory_budget_bytes=budget)
         if gpu:
             xp.cuda.Device().synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     peak = pool.total_bytes() if gpu else tracemalloc.get_traced_memory()[1]
     if not gpu:
         tracemalloc.stop()
     dt = float(np.median(times))
-    return dict(regime=regime, cur=cur, coarse=coarse, samp=samp, times=times, dt=dt,
+    return dict(regime=regime, cur=cur, coarse=coarse, samp=samp, times=times, dt=dt, cpu=float(np.median(cpu)),
                 coarse_h=b * k * samp.n_psi_coarse * samp.n_trans_coarse,
                 fine_h=b * k * samp.n_psi_fine * samp.n_trans_fine,
                 nsig=float(to_host(res.n_significant).mean()), pmax=float(to_host(res.pmax).mean()), peak=peak)
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--current-size", type=int, default=0, help="peaked regime; 0: the full box")
     ap.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio of the particles")
     ap.add_argument("--ini-high", type=float, default=25.0, help="flat regime: iteration-1 resolution (A)")
+    ap.add_argument("--sigma2-scale", type=float, default=1.0,
+                    help="multiply sigma2_noise (> 1 flattens the posteriors: intermediate regimes)")
     ap.add_argument("--noise-mask", action="store_true", help="noise-filled mask (zero_mask off)")
     ap.add_argument("--budget-mb", type=float, default=512.0)
     ap.add_argument("--repeat", type=int, default=3)
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{regime}] psi_coarse={s.n_psi_coarse} trans_coarse={s.n_trans_coarse} oversampling={s.oversampling} "
               f"current_size={r['cur']} coarse_size={r['coarse']}")
         print(f"[{regime}] time per E-step: median {r['dt']:.3f} s (runs {', '.join(f'{t:.3f}' for t in r['times'])})"
-              f"   particles/s: {args.particles / r['dt']:.1f}")
+              f"   particles/s: {args.particles / r['dt']:.1f}   CPU time (all threads): median {r['cpu']:.3f} s")
         print(f"[{regime}] hypotheses/s: coarse {r['coarse_h'] / r['dt']:.3e}   "
               f"oversampled-equivalent {r['fine_h'] / r['dt']:.3e}")
         print(f"[{regime}] mean significant samples: {r['nsig']:.1f} of {args.classes * s.n_psi_coarse * s.n_trans_coarse}"

@@ -7,14 +7,21 @@ and psis, the negative log-likelihood is
       = Σ_j w_j|X_j|²  -  2 Re[(w a X φ(t)) · conj(P_kψ)]  +  (w a²)·|P_kψ|² + Xi2_high/2,
 
 so the cross term between all (particle, translation) rows and all (class, psi) columns
-is one GEMM (written as a real GEMM over stacked real and imaginary parts, which equals
-the real part of the complex product at half the cost) and the reference power term a
-second real GEMM. The search is RELION's two-pass adaptive one: a coarse pass at the
+is one GEMM (written as a real GEMM over the real view of the complex arrays, real and
+imaginary parts interleaved, which equals the real part of the complex product at half
+the cost) and the reference power term a second real GEMM. The search is RELION's two-pass adaptive one: a coarse pass at the
 coarse image size over everything, a significance threshold at ``adaptive_fraction``,
-then the oversampled children of the significant coarse samples only, gathered per
-particle (padded to the largest set in a chunk, batched GEMMs) at the current size.
-Sufficient statistics are accumulated per (class, fine psi) on the current-size pixel
-set; the M-step back-rotates them once per iteration.
+then the oversampled children of the significant coarse samples only, at the current size.
+That fine pass is evaluated in one of two ways with the same results (a speed choice per
+particle, :data:`DENSE_FRACTION`): *gathered* (each particle's significant psis ×
+translations, padded to the largest set of a sub-chunk, batched GEMMs) when few samples
+are significant, or *dense* (all fine psis of the involved classes × all fine
+translations as the coarse pass's two GEMMs, masked to the children of the significant
+samples; the statistics as GEMMs over particle × translation) when posteriors are flat,
+as in the first iterations. Sufficient statistics are accumulated per (class, fine psi)
+on the current-size pixel set; the M-step back-rotates them once per iteration.
+Projections and phase factors shared by all batches of an iteration are kept in
+``EStepSetup.cache`` when they fit a quarter of the memory budget.
 
 Offset prior: RELION mixes pixel and Å units in it (facts 2.5); here every offset
 (rounded old offset + trial translation, class centre) is converted to Å before the
@@ -34,7 +41,7 @@ See also: :mod:`emclass2d.core.mstep` (consumes :class:`BatchStats`),
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -45,10 +52,10 @@ from emclass2d.core.ctf import compute_ctf
 from emclass2d.core.fourier import frequency_grid, frequency_indices, irfft2_centered, rfft2_centered, shell_index
 from emclass2d.core.mask import mask_particles
 from emclass2d.core.model import Model, Settings
-from emclass2d.core.projector import Projector, make_projector, project, reference_power_spectrum, scatter_add
+from emclass2d.core.projector import Projector, make_projector, project, reference_power_spectrum
 from emclass2d.core.sampling import Sampling
 
-#: Largest particle count of one padded fine-pass GEMM (bounds the padding waste).
+#: Largest particle count of one padded gathered fine-pass GEMM (bounds the padding waste).
 _SUB = 24
 #: Default peak temporary memory of one :func:`expectation_batch` call (bytes).
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
@@ -118,6 +125,8 @@ class EStepSetup:
     psi_fine_deg: Any
     trans_coarse_px: Any
     trans_fine_px: Any
+    #: projections and phase factors shared by the batches of the iteration (filled lazily)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def prepare_iteration(model: Model, settings: Settings, sampling: Sampling, iteration: int) -> EStepSetup:
@@ -253,19 +262,18 @@ def noise_fill_images(sigma2_shell: Any, part_index: Any, random_seed: int, iter
     depend on batch size or order. ``sigma2_shell``: (B, N//2+1) per particle.
     """
     xp = array_module(sigma2_shell)
-    shells = shell_index(box)
+    shells = shell_index(box, xp)
     nsh = box // 2 + 1
-    s2 = to_host(sigma2_shell).astype(np.float64) * sigma2_fudge
     parts = to_host(part_index).astype(np.int64)
-    out = np.empty((len(parts), box, box // 2 + 1), dtype=np.complex128)
-    inside = shells < nsh
-    sh = np.where(inside, shells, 0)
+    # only the draws are per particle (each has its own seeded generator); the rest is batched
+    z = np.empty((len(parts), 2, box, box // 2 + 1), dtype=np.float64)
     for i, p in enumerate(parts):
-        rng = np.random.default_rng([abs(int(random_seed)) + int(p), int(iteration)])
-        z = rng.standard_normal((2, box, box // 2 + 1))
-        sd = np.where(inside, np.sqrt(np.maximum(s2[i][sh], 0.0)), 0.0)
-        out[i] = (z[0] + 1j * z[1]) * sd
-    return irfft2_centered(xp.asarray(out), box).astype(dtype)
+        np.random.default_rng([abs(int(random_seed)) + int(p), int(iteration)]).standard_normal(out=z[i])
+    z = xp.asarray(z)
+    inside = shells < nsh
+    s2 = xp.asarray(sigma2_shell, dtype=xp.float64) * sigma2_fudge
+    sd = xp.where(inside[None], xp.sqrt(xp.maximum(s2[:, xp.where(inside, shells, 0)], 0.0)), 0.0)
+    return irfft2_centered((z[:, 0] + 1j * z[:, 1]) * sd, box).astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -337,10 +345,16 @@ def _prepare(batch: ParticleBatch, sel: Any, model: Model, settings: Settings, s
 
 
 # ----------------------------------------------------------------------------- helpers
-def _stack_ri(z: Any) -> Any:
-    """Complex (..., J) -> real (..., 2J) [Re, Im], so Re(a·conj(b)) is a real dot product."""
+def _ri(z: Any) -> Any:
+    """Complex (..., J) -> its real view (..., 2J) (re, im interleaved), so Re(a·conj(b))
+    is a real dot product and real weights times it a real GEMM; contiguous copy if needed."""
     xp = array_module(z)
-    return xp.concatenate([z.real, z.imag], axis=-1)
+    return xp.ascontiguousarray(z).view(z.real.dtype)
+
+
+def _power(z: Any) -> Any:
+    """|z|² of a complex array in its real dtype."""
+    return z.real * z.real + z.imag * z.imag
 
 
 def _project_chunked(setup: EStepSetup, cls: Any, psi: Any, pix: PixelSet, r_limit: float, cdt: Any,
@@ -369,6 +383,40 @@ def _threshold(weights_sorted_desc: Any, total: Any, fraction: float, maxsig: in
     return thr, count
 
 
+def _shared(setup: EStepSetup, key: tuple, make: Any, keep_bytes: int) -> Any:
+    """``setup.cache[key]``, computed by ``make()`` and kept for later batches if it is small."""
+    hit = setup.cache.get(key)
+    if hit is not None:
+        return hit
+    value = make()
+    if int(sum(v.nbytes for v in (value if isinstance(value, tuple) else (value,)))) <= keep_bytes:
+        setup.cache[key] = value
+    return value
+
+
+def _reference_rows(ctx: dict, rows: Any, which: str) -> Any:
+    """Projections (R, J) of flat (class·Ψf + fine psi) rows at the fine or current size.
+
+    Taken from the per-iteration table when it fits the memory budget, else projected.
+    """
+    table = ctx["tables"][which]
+    if table is not None:
+        return table[rows]
+    setup = ctx["setup"]
+    n_psi_f = setup.sampling.n_psi_fine
+    pix, size = (setup.pix_fine, setup.fine_size) if which == "fine" else (setup.pix_current, setup.current_size)
+    return _project_chunked(setup, rows // n_psi_f, setup.psi_fine_deg[rows % n_psi_f], pix, size / 2.0,
+                            ctx["cdt"], ctx["budget"])
+
+
+#: A particle's fine pass is evaluated densely when its gathered set (significant coarse
+#: psis × significant coarse translations) is at least this fraction of the whole coarse
+#: grid. The dense GEMMs share one right-hand side and need no per-particle gathers or
+#: scatters; with benchmarks/bench_estep.py (sigma2 scaled to get intermediate regimes,
+#: 64 px, K = 12, 30 psis × 21 translations) the two cost the same between ~0.1 and ~0.35.
+DENSE_FRACTION = 0.2
+
+
 # ----------------------------------------------------------------------------- main entry
 def expectation_batch(
     batch: ParticleBatch,
@@ -385,7 +433,8 @@ def expectation_batch(
     accumulate_residual: back-project X − CTF·s·P instead of X (VDAM, facts 3.3).
     split_halves: two pseudo-half accumulators by part_index parity (VDAM, facts 3.3).
     memory_budget_bytes: particles are processed in chunks so that temporaries stay
-    roughly under this many bytes (the statistics arrays come on top).
+    roughly under this many bytes (the statistics arrays and the per-iteration projection
+    tables, each kept only when under a quarter of it, come on top).
     Raises ValueError if no class has pdf_class > 0.
     """
     xp = array_module(batch.images)
@@ -401,7 +450,6 @@ def expectation_batch(
         raise ValueError("expectation: every class has pdf_class = 0; nothing to align against")
     ka = active.size
     n_psi_c, n_tc = samp.n_psi_coarse, samp.n_trans_coarse
-    n_op, n_ot = samp.n_over_psi, samp.n_over_trans
     n_psi_f = samp.n_psi_fine
     n_halves = 2 if split_halves else 1
     n_optics = int(model.sigma2_noise.shape[0])
@@ -409,16 +457,35 @@ def expectation_batch(
     pc, pf, pcur = setup.pix_coarse, setup.pix_fine, setup.pix_current
     j_cur = pcur.n
     active_x = xp.asarray(active)
+    budget = int(memory_budget_bytes)
+    keep = budget // 4
+    dkey = np.dtype(cdt).str
 
-    # coarse references, shared by every chunk: (Ka*Ψc, Jc)
-    cls_c = xp.repeat(active_x, n_psi_c)
-    psi_c = xp.tile(setup.psi_coarse_deg, ka)
-    p_coarse = _project_chunked(setup, cls_c, psi_c, pc, setup.coarse_size / 2.0, cdt, memory_budget_bytes)
-    p_coarse_ri = _stack_ri(p_coarse)
-    p_coarse_pow = (xp.abs(p_coarse) ** 2).astype(fdt)
-    phi_c = phase_factors(pc, setup.trans_coarse_px, n, cdt)
-    phi_f = phase_factors(pf, setup.trans_fine_px, n, cdt)
-    phi_cur = phi_f if pf.size == pcur.size else phase_factors(pcur, setup.trans_fine_px, n, cdt)
+    # projections of every class, shared by all batches of the iteration: coarse (K·Ψc, Jc),
+    # fine and current size (K·Ψf, J) (the latter only when it fits the budget)
+    def coarse_table():
+        p = _project_chunked(setup, xp.repeat(xp.arange(k_all), n_psi_c), xp.tile(setup.psi_coarse_deg, k_all),
+                             pc, setup.coarse_size / 2.0, cdt, budget)
+        return _ri(p), _power(p)
+
+    def fine_table(which):
+        pix, size = (pf, setup.fine_size) if which == "fine" else (pcur, setup.current_size)
+        if k_all * n_psi_f * pix.n * np.dtype(cdt).itemsize > keep:
+            return None
+        return _shared(setup, (which, dkey), lambda: _project_chunked(
+            setup, xp.repeat(xp.arange(k_all), n_psi_f), xp.tile(setup.psi_fine_deg, k_all), pix, size / 2.0,
+            cdt, budget), keep)
+
+    p_ri_all, p_pow_all = _shared(setup, ("coarse", dkey), coarse_table, keep)
+    rows_c = (active_x[:, None] * n_psi_c + xp.arange(n_psi_c)[None, :]).ravel()
+    p_coarse_ri = p_ri_all if ka == k_all else p_ri_all[rows_c]
+    p_coarse_pow = p_pow_all if ka == k_all else p_pow_all[rows_c]
+    tables = {"fine": fine_table("fine")}
+    tables["current"] = tables["fine"] if pf.size == pcur.size else fine_table("current")
+    phi_c = _shared(setup, ("phi_c", dkey), lambda: phase_factors(pc, setup.trans_coarse_px, n, cdt), keep)
+    phi_f = _shared(setup, ("phi_f", dkey), lambda: phase_factors(pf, setup.trans_fine_px, n, cdt), keep)
+    phi_cur = phi_f if pf.size == pcur.size else _shared(
+        setup, ("phi_cur", dkey), lambda: phase_factors(pcur, setup.trans_fine_px, n, cdt), keep)
 
     # priors (facts 2.5); offset prior centre is RELION's stored value prior_offset·pdf_class
     pdf_dir = xp.asarray(model.pdf_direction, dtype=xp.float64)[active_x]
@@ -449,13 +516,16 @@ def expectation_batch(
                norm_correction=xp.zeros(bsz))
 
     itemsize = 8 if fdt == xp.float64 else 4
+    # coarse pass temporaries per particle; half the budget, the fine pass needs the rest
     per_particle = itemsize * (n_tc * (4 * pc.n + 6 * ka * n_psi_c) + 16 * n * n)
-    chunk = max(1, int(memory_budget_bytes // max(per_particle, 1)))
+    chunk = max(1, int(budget // max(2 * per_particle, 1)))
     ctx = dict(xp=xp, fdt=fdt, cdt=cdt, model=model, settings=settings, setup=setup, active=active,
                active_x=active_x, p_coarse_ri=p_coarse_ri, p_coarse_pow=p_coarse_pow, phi_c=phi_c, phi_f=phi_f,
-               phi_cur=phi_cur, log_pdf_dir=log_pdf_dir, centre_A=centre_A, px_A=px_A, s2off=s2off,
-               ssnr_mask=ssnr_mask, n_halves=n_halves, accumulate_residual=accumulate_residual,
-               budget=memory_budget_bytes, itemsize=itemsize)
+               phi_cur=phi_cur, tables=tables, log_pdf_dir=log_pdf_dir, centre_A=centre_A, px_A=px_A,
+               s2off=s2off, ssnr_mask=ssnr_mask, n_halves=n_halves, accumulate_residual=accumulate_residual,
+               budget=budget, itemsize=itemsize, res=res,
+               optics=xp.asarray(batch.optics_group, dtype=xp.int64), groups=xp.asarray(batch.group, dtype=xp.int64),
+               norm_correction=xp.asarray(batch.norm_correction, dtype=xp.float64))
     for s in range(0, bsz, chunk):
         sel = xp.arange(s, min(bsz, s + chunk))
         _process_chunk(batch, sel, ctx, stats, res)
@@ -480,36 +550,53 @@ def _offset_log_prior(off_round: Any, ctx: dict) -> Any:
     return -d2 / (2.0 * s2) - np.log(2.0 * np.pi * s2)
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk of particles after the coarse pass, with the fine-size likelihood terms."""
+
+    sel: Any         # (b,) rows of the batch
+    prep: _Prepared
+    sig: Any         # (b, Ka, Ψc, Tc) significant coarse samples
+    n_sig: Any       # (b,) rlnNrOfSignificantSamples
+    lp_off: Any      # (b, Ka, Tc) ln offset prior
+    m0: Any          # (b,) max and sum of the pass-0 weights (single-pass normalisation)
+    tot0: Any
+    x: Any           # (b, Jf) masked transform at the fine pixels
+    a: Any           # (b, Jf) s·CTF
+    w: Any           # (b, Jf) 1/(2σ²), 0 at the origin
+    x2: Any          # (b,) Σ w|x|²
+    sum_log_s2: Any  # (b,) Σ ln(2πσ²) over the fine pixels (dLL)
+
+
+def _pass_terms(prep: _Prepared, pix: PixelSet, fdt: Any):
+    xp = array_module(prep.xm)
+    x = prep.xm[:, pix.flat]
+    a = (prep.scale[:, None] * prep.ctf_ref[:, pix.flat]).astype(fdt)
+    s2 = prep.sigma2[:, pix.shell]
+    w = xp.where((pix.shell[None, :] > 0) & (s2 > 0), 0.5 / xp.where(s2 > 0, s2, 1.0), 0.0).astype(fdt)
+    x2 = (w * _power(x)).sum(axis=1, dtype=xp.float64)
+    return x, a, w, x2, s2
+
+
 def _process_chunk(batch: ParticleBatch, sel: Any, ctx: dict, stats: dict, res: dict) -> None:
-    xp, fdt, cdt = ctx["xp"], ctx["fdt"], ctx["cdt"]
+    xp, fdt = ctx["xp"], ctx["fdt"]
     model, settings, setup = ctx["model"], ctx["settings"], ctx["setup"]
     samp = setup.sampling
-    n = model.box
-    nsh = n // 2 + 1
     ka = ctx["active"].size
     n_psi_c, n_tc = samp.n_psi_coarse, samp.n_trans_coarse
-    n_op, n_ot = samp.n_over_psi, samp.n_over_trans
-    n_psi_f = samp.n_psi_fine
-    pc, pf, pcur = setup.pix_coarse, setup.pix_fine, setup.pix_current
+    pc, pf = setup.pix_coarse, setup.pix_fine
     prep = _prepare(batch, sel, model, settings, setup, fdt)
     b = int(sel.shape[0])
-    bidx = xp.arange(b)
-
-    def pass_terms(pix: PixelSet):
-        x = prep.xm[:, pix.flat]
-        a = (prep.scale[:, None] * prep.ctf_ref[:, pix.flat]).astype(fdt)
-        s2 = prep.sigma2[:, pix.shell]
-        w = xp.where((pix.shell[None, :] > 0) & (s2 > 0), 0.5 / xp.where(s2 > 0, s2, 1.0), 0.0).astype(fdt)
-        x2 = (w * (x.real ** 2 + x.imag ** 2)).sum(axis=1, dtype=xp.float64)
-        return x, a, w, x2, s2
 
     # ---------------- pass 0: coarse, everything, one GEMM for the cross term
-    x, a, w, x2, _ = pass_terms(pc)
+    x, a, w, x2, _ = _pass_terms(prep, pc, fdt)
     lhs = (w * a * x)[:, None, :] * ctx["phi_c"][None, :, :]  # (B, Tc, Jc)
-    cross = _stack_ri(lhs).reshape(b * n_tc, -1) @ ctx["p_coarse_ri"].T  # (B*Tc, Ka*Ψc)
+    cross = _ri(lhs).reshape(b * n_tc, -1) @ ctx["p_coarse_ri"].T  # (B*Tc, Ka*Ψc)
+    del lhs
     power = (w * a * a) @ ctx["p_coarse_pow"].T  # (B, Ka*Ψc)
     d = (x2[:, None, None] + prep.xi2_high[:, None, None] / 2.0
          - 2.0 * cross.reshape(b, n_tc, ka * n_psi_c).astype(xp.float64) + power[:, None, :].astype(xp.float64))
+    del cross
     d = d.reshape(b, n_tc, ka, n_psi_c).transpose(0, 2, 3, 1)  # (B, Ka, Ψc, Tc): class -> psi -> trans
     lp_off = _offset_log_prior(prep.offset_round, ctx)  # (B, Ka, Tc)
     lp_cls = ctx["log_pdf_dir"]
@@ -517,55 +604,70 @@ def _process_chunk(batch: ParticleBatch, sel: Any, ctx: dict, stats: dict, res: 
     lp_cls_n = lp_cls - xp.log(xp.mean(xp.exp(lp_cls)))
     off_mean = xp.log(xp.maximum(xp.exp(lp_off).mean(axis=(1, 2)), 1e-300))
     logw0 = lp_cls_n[None, :, None, None] + (lp_off - off_mean[:, None, None])[:, :, None, :] - d
+    del d
     flat0 = logw0.reshape(b, -1)
     m0 = flat0.max(axis=1)
     w0 = xp.exp(flat0 - m0[:, None])
+    del logw0, flat0
     tot0 = w0.sum(axis=1)
-    srt = -xp.sort(-w0, axis=1)
-    thr0, n_sig = _threshold(srt, tot0, settings.adaptive_fraction, settings.maxsig)
+    thr0, n_sig = _threshold(xp.sort(w0, axis=1)[:, ::-1], tot0, settings.adaptive_fraction, settings.maxsig)
     sig = (w0 >= thr0[:, None]).reshape(b, ka, n_psi_c, n_tc)
-    del lhs, cross, d, logw0, flat0, srt
+    del w0
 
     # ---------------- pass 1: oversampled children of significant coarse samples
+    x, a, w, x2, s2 = _pass_terms(prep, pf, fdt)
+    sum_log_s2 = xp.where((pf.shell[None, :] > 0) & (s2 > 0), xp.log(2.0 * np.pi * xp.where(s2 > 0, s2, 1.0)), 0.0).sum(axis=1)
+    ch = _Chunk(sel=sel, prep=prep, sig=sig, n_sig=n_sig, lp_off=lp_off, m0=m0, tot0=tot0, x=x, a=a, w=w, x2=x2,
+                sum_log_s2=sum_log_s2)
     rot_sig = sig.any(axis=3).reshape(b, ka * n_psi_c)
     tr_sig = sig.any(axis=(1, 2))  # (B, Tc)
     n_rot = rot_sig.sum(axis=1)
     n_tr = tr_sig.sum(axis=1)
     # similar set sizes together -> little padding in the per-particle batched GEMMs
-    order = xp.argsort(-(n_rot * (n_tc + 1) + n_tr))
-    rot_order = xp.argsort(~rot_sig, axis=1, kind="stable")
-    tr_order = xp.argsort(~tr_sig, axis=1, kind="stable")
-    x, a, w, x2, s2 = pass_terms(pf)
-    sum_log_s2 = xp.where((pf.shell[None, :] > 0) & (s2 > 0), xp.log(2.0 * np.pi * xp.where(s2 > 0, s2, 1.0)), 0.0).sum(axis=1)
+    order = to_host(xp.argsort(-(n_rot * (n_tc + 1) + n_tr)))
+    n_rot_h, n_tr_h = to_host(n_rot), to_host(n_tr)
+    # dense when the particle's rectangular set is a large part of the whole fine grid
+    dense = (n_rot_h * n_tr_h)[order] >= DENSE_FRACTION * (ka * n_psi_c * n_tc)
+    if np.any(dense):
+        _fine_dense_all(order[dense], ch, ctx, stats, res, batch)
+    order = order[~dense]
+    if order.size:
+        rot_order = xp.argsort(~rot_sig, axis=1, kind="stable")
+        tr_order = xp.argsort(~tr_sig, axis=1, kind="stable")
+        _fine_gathered_all(order, n_rot_h[order], n_tr_h[order], rot_order, tr_order, n_rot, n_tr, ch, ctx,
+                           stats, res, batch)
+
+
+# ----------------------------------------------------------------------------- fine pass: gathered
+def _fine_gathered_all(order, n_rot_o, n_tr_o, rot_order, tr_order, n_rot, n_tr, ch, ctx, stats, res, batch):
+    """Padded per-particle fine passes over sub-chunks that fit the memory budget."""
+    xp = ctx["xp"]
+    samp = ctx["setup"].sampling
+    n_op, n_ot = samp.n_over_psi, samp.n_over_trans
+    pf, pcur = ctx["setup"].pix_fine, ctx["setup"].pix_current
     item = ctx["itemsize"]
-    n_rot_h = to_host(n_rot)[to_host(order)]
-    n_tr_h = to_host(n_tr)[to_host(order)]
+    b = int(order.shape[0])
     start = 0
     while start < b:
         # padded sub-chunks of at most _SUB particles that also fit the memory budget
-        rmax = int(n_rot_h[start]) * n_op
-        tmax = int(n_tr_h[start: start + _SUB].max()) * n_ot
+        rmax = int(n_rot_o[start]) * n_op
+        tmax = int(n_tr_o[start: start + _SUB].max()) * n_ot
         per = item * (2 * tmax * (2 * pf.n) + 2 * rmax * (2 * pf.n) + 6 * tmax * rmax + 10 * rmax * pcur.n) + 1
         cnt = max(1, min(_SUB, int(ctx["budget"] // per)))
-        sub = order[start: start + cnt]
-        _fine_and_stats(sub, prep, sig, rot_order, tr_order, n_rot, n_tr, x, a, w, x2, sum_log_s2,
-                        n_sig, lp_off, m0, tot0, ctx, stats, res, sel, batch)
+        sub = xp.asarray(order[start: start + cnt])
+        _fine_gathered(sub, rot_order, tr_order, n_rot, n_tr, ch, ctx, stats, res, batch)
         start += cnt
 
 
-def _fine_and_stats(sub, prep, sig, rot_order, tr_order, n_rot, n_tr, x, a, w, x2, sum_log_s2, n_sig,
-                    lp_off, m0, tot0, ctx, stats, res, sel, batch) -> None:
+def _fine_gathered(sub, rot_order, tr_order, n_rot, n_tr, ch: _Chunk, ctx, stats, res, batch) -> None:
     xp, fdt, cdt = ctx["xp"], ctx["fdt"], ctx["cdt"]
-    model, settings, setup = ctx["model"], ctx["settings"], ctx["setup"]
+    settings, setup = ctx["settings"], ctx["setup"]
     samp = setup.sampling
-    n = model.box
-    nsh = n // 2 + 1
-    ka = ctx["active"].size
-    k_all = model.n_classes
-    n_psi_c, n_tc = samp.n_psi_coarse, samp.n_trans_coarse
+    n_psi_c = samp.n_psi_coarse
     n_op, n_ot = samp.n_over_psi, samp.n_over_trans
     n_psi_f = samp.n_psi_fine
-    pf, pcur = setup.pix_fine, setup.pix_current
+    pcur = setup.pix_current
+    prep = ch.prep
     b = int(sub.shape[0])
     bi = xp.arange(b)
     rmax_c = int(n_rot[sub].max())
@@ -583,7 +685,7 @@ def _fine_and_stats(sub, prep, sig, rot_order, tr_order, n_rot, n_tr, x, a, w, x
     tf_c = xp.repeat(tc, n_ot, axis=1)
     tf_valid = xp.repeat(tc_valid, n_ot, axis=1)
     tf = tf_c * n_ot + xp.tile(xp.arange(n_ot), tmax_c)[None, :]  # fine translation index
-    sig_s = sig[sub]  # (b, Ka, Ψc, Tc)
+    sig_s = ch.sig[sub]  # (b, Ka, Ψc, Tc)
     pair_valid = (sig_s[bi[:, None, None], (cls_a)[:, None, :], (rf_c % n_psi_c)[:, None, :], tf_c[:, :, None]]
                   & rf_valid[:, None, :] & tf_valid[:, :, None])  # (b, T4, R2)
 
@@ -592,19 +694,18 @@ def _fine_and_stats(sub, prep, sig, rot_order, tr_order, n_rot, n_tr, x, a, w, x
     gid_v = xp.where(rf_valid, gid, gid[:, :1])
     uniq = xp.unique(gid_v)
     pos = xp.searchsorted(uniq, gid_v)
-    u_cls = ctx["active_x"][uniq // n_psi_f]
-    u_psi = setup.psi_fine_deg[uniq % n_psi_f]
-    p_u = _project_chunked(setup, u_cls, u_psi, pf, setup.fine_size / 2.0, cdt, ctx["budget"])
-    xs, as_, ws, x2s = x[sub], a[sub], w[sub], x2[sub]
+    u_rows = ctx["active_x"][uniq // n_psi_f] * n_psi_f + uniq % n_psi_f
+    p_u = _reference_rows(ctx, u_rows, "fine")
+    xs, as_, ws, x2s = ch.x[sub], ch.a[sub], ch.w[sub], ch.x2[sub]
     lhs = (ws * as_ * xs)[:, None, :] * ctx["phi_f"][tf]  # (b, T4, J)
-    cross = xp.matmul(_stack_ri(lhs), xp.swapaxes(_stack_ri(p_u)[pos], 1, 2))  # (b, T4, R2)
-    power_u = (ws * as_ * as_) @ (xp.abs(p_u) ** 2).astype(fdt).T  # (b, U)
+    cross = xp.matmul(_ri(lhs), xp.swapaxes(_ri(p_u)[pos], 1, 2))  # (b, T4, R2)
+    power_u = (ws * as_ * as_) @ _power(p_u).T  # (b, U)
     power = xp.take_along_axis(power_u, pos, axis=1)
     d = (x2s[:, None, None] + prep.xi2_high[sub][:, None, None] / 2.0
          - 2.0 * cross.astype(xp.float64) + power[:, None, :].astype(xp.float64))
     del lhs, cross
     lp_cls = ctx["log_pdf_dir"][cls_a]  # (b, R2)
-    lp_o = lp_off[sub][bi[:, None, None], cls_a[:, None, :], tf_c[:, :, None]]  # (b, T4, R2)
+    lp_o = ch.lp_off[sub][bi[:, None, None], cls_a[:, None, :], tf_c[:, :, None]]  # (b, T4, R2)
     # normalise priors by their mean over the evaluated fine samples
     cnt = xp.maximum(pair_valid.sum(axis=(1, 2)), 1)
     mean_c = xp.where(pair_valid, xp.exp(lp_cls)[:, None, :], 0.0).sum(axis=(1, 2)) / cnt
@@ -618,101 +719,65 @@ def _fine_and_stats(sub, prep, sig, rot_order, tr_order, n_rot, n_tr, x, a, w, x
     lse = m1 + xp.log(tot1)
     if samp.oversampling == 0:
         # single pass: normalise by the pass-0 total and keep every significant sample
-        lse = m0[sub] + xp.log(tot0[sub])
+        lse = ch.m0[sub] + xp.log(ch.tot0[sub])
         wn = xp.exp(flat - lse[:, None])
         use = pair_valid.reshape(b, -1)
     else:
         wn = wn / tot1[:, None]
-        srt = -xp.sort(-wn, axis=1)
-        thr1, _ = _threshold(srt, xp.ones(b), settings.adaptive_fraction, -1)
+        thr1, _ = _threshold(xp.sort(wn, axis=1)[:, ::-1], xp.ones(b), settings.adaptive_fraction, -1)
         use = (wn >= thr1[:, None]) & pair_valid.reshape(b, -1)
-    dll = lse - sum_log_s2[sub]
+    dll = lse - ch.sum_log_s2[sub]
     best = xp.argmax(wn, axis=1)
     pmax = wn[bi, best]
     t_best = best // gid.shape[1]
     r_best = best % gid.shape[1]
     wu = xp.where(use, wn, 0.0).reshape(b, tf.shape[1], gid.shape[1])  # (b, T4, R2) used weights
-
-    # ---------------- per-particle results
-    gsel = sel[sub]
     off_round = prep.offset_round[sub].astype(xp.float64)
-    t_fine = setup.trans_fine_px[tf[bi, t_best]]
-    res["class_index"][gsel] = ctx["active_x"][cls_a[bi, r_best]]
-    res["psi_deg"][gsel] = setup.psi_fine_deg[psi_f_idx[bi, r_best]]
-    res["origin_px"][gsel] = off_round + t_fine
-    res["dll"][gsel] = dll
-    res["pmax"][gsel] = pmax
-    res["n_significant"][gsel] = n_sig[sub]
+    _store_results(sub, ch, ctx, res, ctx["active_x"][cls_a[bi, r_best]], psi_f_idx[bi, r_best],
+                   setup.trans_fine_px[tf[bi, t_best]], dll, pmax)
 
     # ---------------- sufficient statistics on the current-size pixel set
     omega = wu.sum(axis=1)  # (b, R2)
     wtot = omega.sum(axis=1)  # (b,)
-    if pcur.size == pf.size:
+    if pcur.size == setup.pix_fine.size:
         p_cur = p_u[pos]
         phi = ctx["phi_f"]
     else:
-        p_cur = _project_chunked(setup, u_cls, u_psi, pcur, setup.current_size / 2.0, cdt, ctx["budget"])[pos]
+        p_cur = _reference_rows(ctx, u_rows, "current")[pos]
         phi = ctx["phi_cur"]
-    g = xp.matmul(xp.swapaxes(wu, 1, 2).astype(cdt), phi[tf])  # (b, R2, Jcur) = Σ_t W φ_t
-    flat_c = pcur.flat
-    xm = prep.xm[sub][:, flat_c]
-    xn = prep.xn[sub][:, flat_c]
-    s_b = prep.scale[sub][:, None]
-    ctf_ref = prep.ctf_ref[sub][:, flat_c]
-    s2c = prep.sigma2[sub][:, pcur.shell]
-    inv_s2 = xp.where(s2c > 0, 1.0 / xp.where(s2c > 0, s2c, 1.0), 0.0)
-    coef_data = (s_b * prep.ctf_bp[sub][:, flat_c] * inv_s2).astype(fdt)
-    coef_w = (s_b * s_b * prep.ctf_w[sub][:, flat_c] * inv_s2).astype(fdt)
-    rows = g * (coef_data * xn)[:, None, :]
-    wrows = omega[:, :, None].astype(fdt) * coef_w[:, None, :]
+    # Σ_t W φ_t (b, R2, Jcur): real weights times the interleaved (re, im) view of φ
+    g = xp.matmul(xp.swapaxes(wu, 1, 2).astype(fdt), phi[tf].view(fdt)).view(cdt)
+    pt = _PixelTerms.of(sub, ch, ctx)
+    rows = g * (pt.coef_data * pt.xn)[:, None, :]
+    wrows = omega[:, :, None].astype(fdt) * pt.coef_w[:, None, :]
     if ctx["accumulate_residual"]:
         # (CTF·s/σ²)·(X − CTF·s·P): the P part is exactly weight·P
         rows = rows - wrows * p_cur
+    k_all = ctx["model"].n_classes
+    gsel = ch.sel[sub]
     half = (xp.asarray(batch.part_index[gsel], dtype=xp.int64) % 2) if ctx["n_halves"] == 2 else xp.zeros(b, dtype=xp.int64)
     cls_full = ctx["active_x"][cls_a]
     row_id = (half[:, None] * k_all + cls_full) * n_psi_f + psi_f_idx  # (b, R2)
-    ok = (omega > 0)
-    jc = pcur.n
-    ridx = row_id[ok]
-    col = xp.arange(jc)
-    flat_idx = (ridx[:, None] * jc + col[None, :]).ravel()
-    scatter_add(stats["bp_data"].reshape(-1), flat_idx, rows[ok].ravel())
-    scatter_add(stats["bp_weight"].reshape(-1), flat_idx, wrows[ok].ravel())
+    # a particle's rows are distinct (padding included: its rotation order is a permutation),
+    # so one indexed add per particle accumulates exactly; padded rows add zeros
+    for i in range(b):
+        stats["bp_data"][row_id[i]] += rows[i]
+        stats["bp_weight"][row_id[i]] += wrows[i]
 
     # noise, norm: Σ_{t,r} W |Xm φ_t − a P_r|² per pixel (origin included)
-    a_ref = (s_b * ctf_ref).astype(xp.float64)
     cross_pix = (xp.conj(p_cur) * g).sum(axis=1)  # (b, J) Σ_r conj(P_r) G_r
-    pp = (omega[:, :, None] * (p_cur.real ** 2 + p_cur.imag ** 2)).sum(axis=1)  # (b, J)
-    xm2 = xm.real.astype(xp.float64) ** 2 + xm.imag.astype(xp.float64) ** 2
-    noise_pix = wtot[:, None] * xm2 - 2.0 * a_ref * (xm * cross_pix).real + a_ref * a_ref * pp
-    optics = xp.asarray(batch.optics_group[gsel], dtype=xp.int64)
-    n_optics = stats["sumw_optics"].shape[0]
-    idx = (optics[:, None] * nsh + pcur.shell[None, :]).ravel()
-    stats["wsum_sigma2_noise"] += xp.bincount(idx, weights=noise_pix.ravel(), minlength=n_optics * nsh).reshape(n_optics, nsh)
-    cur_half = setup.current_size // 2
-    high = prep.spectrum[sub].copy()
-    high[:, : cur_half + 1] = 0.0
-    stats["wsum_sigma2_noise"] += xp.stack([high[optics == g_].sum(axis=0) for g_ in range(n_optics)])
-    stats["sumw_optics"] += xp.bincount(optics, weights=wtot, minlength=n_optics)
-    e = noise_pix.sum(axis=1) + high.sum(axis=1)
-    if settings.do_norm:
-        old = xp.asarray(batch.norm_correction[gsel], dtype=xp.float64) / model.avg_norm_correction
-        new_norm = old * xp.sqrt(2.0 * e)
-    else:
-        new_norm = xp.asarray(batch.norm_correction[gsel], dtype=xp.float64)
-    res["norm_correction"][gsel] = new_norm
-    stats["sum_norm_correction"] += new_norm.sum()
-
-    groups = xp.asarray(batch.group[gsel], dtype=xp.int64)
-    n_groups = stats["scale_xa"].shape[0]
-    stats["n_particles_group"] += xp.bincount(groups, minlength=n_groups).astype(xp.float64)
+    pp = (omega[:, :, None] * _power(p_cur)).sum(axis=1)  # (b, J)
+    xa = aa = None
     if settings.do_scale:
-        msk = ctx["ssnr_mask"][cls_full[:, :, None], pcur.shell[None, None, :]]  # (b, R2, J)
-        cr = ctf_ref.astype(xp.float64)[:, None, :]
-        xa = (msk * cr * (xm[:, None, :] * xp.conj(p_cur) * g).real).sum(axis=(1, 2))
-        aa = (msk * omega[:, :, None] * cr * cr * (p_cur.real ** 2 + p_cur.imag ** 2)).sum(axis=(1, 2))
-        stats["scale_xa"] += xp.bincount(groups, weights=xa, minlength=n_groups)
-        stats["scale_aa"] += xp.bincount(groups, weights=aa, minlength=n_groups)
+        # only pixels in shells where some class has SSNR > 3 contribute
+        jm = xp.flatnonzero(ctx["ssnr_mask"][:, pcur.shell].any(axis=0))
+        msk = ctx["ssnr_mask"][cls_full[:, :, None], pcur.shell[jm][None, None, :]]  # (b, R2, Jm)
+        cr = pt.ctf_ref[:, jm].astype(xp.float64)
+        p_m = p_cur[:, :, jm]
+        cross_m = (msk * xp.conj(p_m) * g[:, :, jm]).sum(axis=1)  # (b, Jm)
+        xa = (cr * (pt.xm[:, jm] * cross_m).real).sum(axis=1)
+        aa = (cr * cr * (msk * omega[:, :, None] * _power(p_m)).sum(axis=1)).sum(axis=1)
+    _store_pixel_stats(sub, ch, ctx, stats, pt, wtot, cross_pix, pp, xa, aa)
 
     # class, offsets
     stats["wsum_pdf_class"] += xp.bincount(cls_full.ravel(), weights=omega.ravel(), minlength=k_all)
@@ -724,5 +789,253 @@ def _fine_and_stats(sub, prep, sig, rot_order, tr_order, n_rot, n_tr, x, a, w, x
     o2 = (o_A ** 2).sum(-1)  # (b, T4)
     s_off = (omega * (mu ** 2).sum(-1)).sum() - 2.0 * (mu * wo).sum() + (wu.sum(axis=2) * o2).sum()
     stats["wsum_sigma2_offset_A2"] += s_off
+
+
+# ----------------------------------------------------------------------------- fine pass: dense
+def _dense_bytes(ctx: dict, n_rot: int) -> tuple[int, int]:
+    """(per-particle, shared) temporary bytes of the dense fine pass over ``n_rot`` fine rotations."""
+    setup = ctx["setup"]
+    item = ctx["itemsize"]
+    n_tf = setup.sampling.n_trans_fine
+    jf, jc = setup.pix_fine.n, setup.pix_current.n
+    likelihood = n_tf * (5 * item * jf + (item + 8) * n_rot)       # shifted images, cross, ln w
+    weights = n_tf * n_rot * (8 * 3 + 2 + item)                    # w, sorted copy, cumsum, masks, W
+    statistics = n_tf * (item * n_rot + 14 * item * jc)            # W, shifted images, Σ_r W conj(P)
+    shared = n_rot * (jf + jc) * item * 8                          # projections and their copies
+    return max(likelihood, weights, statistics) + 1, shared
+
+
+def _fine_dense_all(order: np.ndarray, ch: _Chunk, ctx: dict, stats: dict, res: dict, batch: ParticleBatch) -> None:
+    """Dense fine passes over sub-chunks of ``order`` (host indices into the chunk) sized from the budget."""
+    xp = ctx["xp"]
+    samp = ctx["setup"].sampling
+    ka = ctx["active"].size
+    per, shared = _dense_bytes(ctx, ka * samp.n_psi_fine)
+    cnt = max(1, int((ctx["budget"] - shared) // per))
+    # particles with the same involved classes together: a sub-chunk evaluates the union
+    cls_set = to_host(ch.sig[xp.asarray(order)].any(axis=(2, 3)))  # (n, Ka)
+    order = order[np.lexsort(cls_set.T[::-1])]
+    if ctx["n_halves"] == 2:
+        # pseudo-halves contiguous within a sub-chunk: one GEMM per half
+        half = to_host(xp.asarray(batch.part_index[ch.sel[xp.asarray(order)]])) % 2
+        order = order[np.argsort(half, kind="stable")]
+    for s in range(0, order.size, cnt):
+        _fine_dense(xp.asarray(order[s: s + cnt]), ch, ctx, stats, res, batch)
+
+
+def _fine_dense(sub: Any, ch: _Chunk, ctx: dict, stats: dict, res: dict, batch: ParticleBatch) -> None:
+    """Fine pass of particles ``sub`` over all fine psis of the involved classes × all fine
+    translations (the coarse pass's two GEMMs at the fine size), masked to the children of
+    the significant coarse samples; statistics as GEMMs over (particle, translation)."""
+    xp, fdt, cdt = ctx["xp"], ctx["fdt"], ctx["cdt"]
+    settings, setup = ctx["settings"], ctx["setup"]
+    samp = setup.sampling
+    n_psi_c, n_tc = samp.n_psi_coarse, samp.n_trans_coarse
+    n_op, n_ot = samp.n_over_psi, samp.n_over_trans
+    n_psi_f, n_tf = samp.n_psi_fine, samp.n_trans_fine
+    pcur = setup.pix_current
+    k_all = ctx["model"].n_classes
+    b = int(sub.shape[0])
+    bi = xp.arange(b)
+    sig_s = ch.sig[sub]  # (b, Ka, Ψc, Tc)
+    used = xp.flatnonzero(sig_s.any(axis=(0, 2, 3)))  # involved active classes
+    kd = int(used.shape[0])
+    n_r = kd * n_psi_f
+    cls_full = ctx["active_x"][used]
+    ref_rows = (cls_full[:, None] * n_psi_f + xp.arange(n_psi_f)[None, :]).ravel()  # (R,) class -> fine psi
+    p_f = _reference_rows(ctx, ref_rows, "fine")
+    sig_t = sig_s[:, used].transpose(0, 3, 1, 2)  # (b, Tc, Kd, Ψc)
+    shape6 = (b, n_tc, n_ot, kd, n_psi_c, n_op)  # fine translation = (tc, it), fine rotation = (k, ψc, io)
+
+    # ---------------- likelihood: cross and power terms as two GEMMs
+    xs, as_, ws = ch.x[sub], ch.a[sub], ch.w[sub]
+    lhs = _ri((ws * as_ * xs)[:, None, :] * ctx["phi_f"][None, :, :]).reshape(b * n_tf, -1)
+    cross = lhs @ _ri(p_f).T  # (b·Tf, R)
+    del lhs
+    logw = cross.astype(xp.float64, copy=False).reshape(shape6)
+    del cross
+    logw *= 2.0
+    power = ((ws * as_ * as_) @ _power(p_f).T).astype(xp.float64)  # (b, R)
+    logw -= power.reshape(b, 1, 1, kd, n_psi_c, n_op)
+    logw -= (ch.x2[sub] + ch.prep.xi2_high[sub] / 2.0)[:, None, None, None, None, None]
+    lp_cls = ctx["log_pdf_dir"][used]  # (Kd,)
+    lp_o = ch.lp_off[sub][:, used, :].transpose(0, 2, 1)  # (b, Tc, Kd)
+    # priors divided by their mean over the evaluated samples (children per coarse sample cancel)
+    n_kt = sig_t.sum(axis=3).astype(xp.float64)  # (b, Tc, Kd)
+    cnt = xp.maximum(n_kt.sum(axis=(1, 2)), 1.0)
+    mean_c = (n_kt.sum(axis=1) * xp.exp(lp_cls)[None, :]).sum(axis=1) / cnt
+    mean_o = (n_kt * xp.exp(lp_o)).sum(axis=(1, 2)) / cnt
+    lp_b = lp_o - (xp.log(xp.maximum(mean_c, 1e-300)) + xp.log(xp.maximum(mean_o, 1e-300)))[:, None, None]
+    lp_b = lp_b[:, :, :, None]  # (b, Tc, Kd, 1)
+    # samples that are not children of significant coarse ones get ln w = -inf (weight 0)
+    lp_b = xp.where(sig_t, lp_b + lp_cls[None, None, :, None], -np.inf)[:, :, :, :, None]  # (b, Tc, Kd, Ψc, 1)
+    logw += lp_b[:, :, None, :, :, :]
+    flat = logw.reshape(b, -1)  # (b, Tf·R): translation -> rotation
+    del logw
+    m1 = flat.max(axis=1)
+    flat -= m1[:, None]
+    xp.exp(flat, out=flat)
+    tot1 = flat.sum(axis=1)
+    lse = m1 + xp.log(tot1)
+    if samp.oversampling == 0:
+        # single pass: normalise by the pass-0 total and keep every significant sample
+        lse = ch.m0[sub] + xp.log(ch.tot0[sub])
+        flat *= xp.exp(m1 - lse)[:, None]
+    else:
+        flat /= tot1[:, None]
+        thr1, _ = _threshold(xp.sort(flat, axis=1)[:, ::-1], xp.ones(b), settings.adaptive_fraction, -1)
+        # weights below the threshold are not used; non-children are 0 already
+        flat *= flat >= thr1[:, None]
+    dll = lse - ch.sum_log_s2[sub]
+    best = xp.argmax(flat, axis=1)
+    pmax = flat[bi, best]
+    t_best = best // n_r
+    r_best = best % n_r
+    _store_results(sub, ch, ctx, res, cls_full[r_best // n_psi_f], r_best % n_psi_f,
+                   setup.trans_fine_px[t_best], dll, pmax)
+    wts = flat.astype(fdt, copy=False).reshape(b * n_tf, n_r)  # used weights, (b·Tf, R)
+    del flat
+
+    # ---------------- sufficient statistics on the current-size pixel set
+    if pcur.size == setup.pix_fine.size:
+        p_cur, phi = p_f, ctx["phi_f"]
+    else:
+        p_cur, phi = _reference_rows(ctx, ref_rows, "current"), ctx["phi_cur"]
+    jc = pcur.n
+    omega = wts.reshape(b, n_tf, n_r).sum(axis=1, dtype=xp.float64)  # (b, R)
+    wtot = omega.sum(axis=1)
+    pt = _PixelTerms.of(sub, ch, ctx)
+    # back-projection: Σ_{particle, t} W φ_t (CTF·s/σ²) X as one GEMM per pseudo-half
+    cx = pt.coef_data * pt.xn  # (b, J)
+    halves = (to_host(xp.asarray(batch.part_index[ch.sel[sub]], dtype=xp.int64)) % 2 if ctx["n_halves"] == 2
+              else np.zeros(b, dtype=np.int64))
+    for h in np.unique(halves):
+        lo, hi = np.searchsorted(halves, h), np.searchsorted(halves, h, side="right")  # contiguous by construction
+        y = _ri(cx[lo:hi, None, :] * phi[None, :, :]).reshape((hi - lo) * n_tf, 2 * jc)
+        data = (wts[lo * n_tf: hi * n_tf].T @ y).view(cdt)  # (R, J)
+        del y
+        bw = omega[lo:hi].T.astype(fdt) @ pt.coef_w[lo:hi]  # (R, J)
+        if ctx["accumulate_residual"]:
+            data = data - bw * p_cur  # (CTF·s/σ²)·(X − CTF·s·P): the P part is weight·P
+        row_id = int(h) * k_all * n_psi_f + ref_rows  # unique rows
+        stats["bp_data"][row_id] += data
+        stats["bp_weight"][row_id] += bw
+
+    # noise, norm, scale: Σ_r W conj(P_r) per (particle, t) as one GEMM, then Σ_t φ_t·(...)
+    conj_p = xp.conj(p_cur)  # (R, J)
+    pw = _power(p_cur).astype(xp.float64)
+    if settings.do_scale:
+        # the scale sums only need pixels in shells where some involved class has SSNR > 3
+        msk = ctx["ssnr_mask"][cls_full][:, pcur.shell]  # (Kd, J)
+        jm = xp.flatnonzero(msk.any(axis=0))
+        msk = xp.repeat(msk[:, jm], n_psi_f, axis=0)  # (R, Jm)
+        conj_p = xp.concatenate([conj_p, conj_p[:, jm] * msk], axis=1)  # (R, J + Jm)
+    q = (wts @ _ri(conj_p)).view(cdt).reshape(b, n_tf, -1)  # (b, Tf, J [+ Jm]) Σ_r W conj(P_r)
+    del conj_p
+    cross_pix = xp.einsum("tj,btj->bj", phi, q[..., :jc])  # Σ_r conj(P_r) G_r
+    pp = omega @ pw  # (b, J)
+    xa = aa = None
+    if settings.do_scale:
+        cr = pt.ctf_ref[:, jm].astype(xp.float64)
+        cross_m = xp.einsum("tj,btj->bj", phi[:, jm], q[..., jc:])
+        xa = (cr * (pt.xm[:, jm] * cross_m).real).sum(axis=1)
+        aa = (cr * cr * (omega @ (msk * pw[:, jm]))).sum(axis=1)
+    del q
+    _store_pixel_stats(sub, ch, ctx, stats, pt, wtot, cross_pix, pp, xa, aa)
+
+    # class, offsets
+    wk = wts.reshape(b, n_tf, kd, n_psi_f).sum(axis=3, dtype=xp.float64)  # (b, Tf, Kd)
+    omega_k = wk.sum(axis=1)  # (b, Kd)
+    stats["wsum_pdf_class"][cls_full] += omega_k.sum(axis=0)
+    off_round = ch.prep.offset_round[sub].astype(xp.float64)
+    o_A = ctx["px_A"] * (off_round[:, None, :] + setup.trans_fine_px[None, :, :])  # (b, Tf, 2)
+    wo = xp.matmul(xp.swapaxes(wk, 1, 2), o_A)  # (b, Kd, 2) Σ_t W o
+    stats["wsum_prior_offset_A"][cls_full] += wo.sum(axis=0)
+    mu = ctx["centre_A"][cls_full]  # (Kd, 2)
+    s_off = ((omega_k * (mu ** 2).sum(-1)[None, :]).sum() - 2.0 * (mu[None] * wo).sum()
+             + (wk.sum(axis=2) * (o_A ** 2).sum(-1)).sum())
+    stats["wsum_sigma2_offset_A2"] += s_off
+
+
+# ----------------------------------------------------------------------------- shared bookkeeping
+@dataclass(frozen=True)
+class _PixelTerms:
+    """Per-particle terms on the current-size pixels used by the statistics."""
+
+    xm: Any         # (b, J) masked transform
+    xn: Any         # (b, J) unmasked transform
+    ctf_ref: Any    # (b, J)
+    a_ref: Any      # (b, J) float64 s·CTF
+    coef_data: Any  # (b, J) s·CTF/σ² applied to the data
+    coef_w: Any     # (b, J) s²·CTF²/σ²
+
+    @staticmethod
+    def of(sub: Any, ch: _Chunk, ctx: dict) -> "_PixelTerms":
+        xp, fdt = ctx["xp"], ctx["fdt"]
+        pcur = ctx["setup"].pix_current
+        prep = ch.prep
+        flat_c = pcur.flat
+        s_b = prep.scale[sub][:, None]
+        ctf_ref = prep.ctf_ref[sub][:, flat_c]
+        s2c = prep.sigma2[sub][:, pcur.shell]
+        inv_s2 = xp.where(s2c > 0, 1.0 / xp.where(s2c > 0, s2c, 1.0), 0.0)
+        return _PixelTerms(
+            xm=prep.xm[sub][:, flat_c], xn=prep.xn[sub][:, flat_c], ctf_ref=ctf_ref,
+            a_ref=(s_b * ctf_ref).astype(xp.float64),
+            coef_data=(s_b * prep.ctf_bp[sub][:, flat_c] * inv_s2).astype(fdt),
+            coef_w=(s_b * s_b * prep.ctf_w[sub][:, flat_c] * inv_s2).astype(fdt))
+
+
+def _store_results(sub, ch: _Chunk, ctx: dict, res: dict, cls_best: Any, psi_f_best: Any, t_best_px: Any,
+                   dll: Any, pmax: Any) -> None:
+    """Per-particle results of the fine pass (best class, fine psi, absolute offset, dLL, Pmax)."""
+    xp = ctx["xp"]
+    gsel = ch.sel[sub]
+    res["class_index"][gsel] = cls_best
+    res["psi_deg"][gsel] = ctx["setup"].psi_fine_deg[psi_f_best]
+    res["origin_px"][gsel] = ch.prep.offset_round[sub].astype(xp.float64) + t_best_px
+    res["dll"][gsel] = dll
+    res["pmax"][gsel] = pmax
+    res["n_significant"][gsel] = ch.n_sig[sub]
+
+
+def _store_pixel_stats(sub, ch: _Chunk, ctx: dict, stats: dict, pt: _PixelTerms, wtot: Any, cross_pix: Any,
+                       pp: Any, xa: Any, aa: Any) -> None:
+    """Noise spectrum, norm correction, scale and counters from the per-pixel sums.
+
+    cross_pix = Σ_{r,t} W conj(P_r) φ_t, pp = Σ_{r,t} W |P_r|²; per pixel the noise is
+    Σ_{t,r} W |Xm φ_t − a P_r|² = wtot|Xm|² − 2a Re(Xm·cross_pix) + a² pp (origin included).
+    """
+    xp = ctx["xp"]
+    model, settings, setup = ctx["model"], ctx["settings"], ctx["setup"]
+    batch_gsel = ch.sel[sub]
+    nsh = model.box // 2 + 1
+    pcur = setup.pix_current
+    xm2 = _power(pt.xm).astype(xp.float64)
+    noise_pix = wtot[:, None] * xm2 - 2.0 * pt.a_ref * (pt.xm * cross_pix).real + pt.a_ref * pt.a_ref * pp
+    optics = ctx["optics"][batch_gsel]
+    n_optics = stats["sumw_optics"].shape[0]
+    idx = (optics[:, None] * nsh + pcur.shell[None, :]).ravel()
+    stats["wsum_sigma2_noise"] += xp.bincount(idx, weights=noise_pix.ravel(), minlength=n_optics * nsh).reshape(n_optics, nsh)
+    cur_half = setup.current_size // 2
+    high = ch.prep.spectrum[sub].copy()
+    high[:, : cur_half + 1] = 0.0
+    stats["wsum_sigma2_noise"] += xp.stack([high[optics == g_].sum(axis=0) for g_ in range(n_optics)])
+    stats["sumw_optics"] += xp.bincount(optics, weights=wtot, minlength=n_optics)
+    e = noise_pix.sum(axis=1) + high.sum(axis=1)
+    norm_old = ctx["norm_correction"][batch_gsel]
+    if settings.do_norm:
+        new_norm = norm_old / model.avg_norm_correction * xp.sqrt(2.0 * e)
+    else:
+        new_norm = norm_old
+    ctx["res"]["norm_correction"][batch_gsel] = new_norm
+    stats["sum_norm_correction"] += new_norm.sum()
+    groups = ctx["groups"][batch_gsel]
+    n_groups = stats["scale_xa"].shape[0]
+    stats["n_particles_group"] += xp.bincount(groups, minlength=n_groups).astype(xp.float64)
+    if xa is not None:
+        stats["scale_xa"] += xp.bincount(groups, weights=xa, minlength=n_groups)
+        stats["scale_aa"] += xp.bincount(groups, weights=aa, minlength=n_groups)
+    dll = ctx["res"]["dll"][batch_gsel]
     stats["log_likelihood"] += dll.sum()
-    stats["sum_pmax"] += pmax.sum()
+    stats["sum_pmax"] += ctx["res"]["pmax"][batch_gsel].sum()
