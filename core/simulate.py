@@ -1,8 +1,9 @@
 """Simulated particle images with known truth, for tests, benchmarks and the demo.
 
 A procedural pseudo-atomic molecule (a few thousand Gaussian "atoms" in asymmetric domains
-and an arm) is projected along ``n_views`` well-separated directions, each view drawn with
-its own frequency. Every particle is that projection rotated and shifted with RELION's
+and an arm; on request a ring of Cn-symmetric subunits or a featureless ellipsoid) is
+projected along ``n_views`` well-separated directions, each view drawn with its own
+frequency. Every particle is that projection rotated and shifted with RELION's
 conventions (facts 6.2, 6.3)::
 
     image(u) = projection_view(R(psi)·(u + o)),  R(psi) = [[cos, -sin], [sin, cos]],
@@ -143,6 +144,59 @@ def make_molecule(diameter_A: float, n_atoms: int = 3000, seed: int = 0) -> Mole
     xyz -= np.average(xyz, axis=0, weights=weights)
     xyz *= (0.5 * diameter_A) / np.max(np.linalg.norm(xyz, axis=1))
     return Molecule(coords_A=xyz, weights=weights, domain=np.concatenate(dom), diameter_A=float(diameter_A))
+
+
+def make_symmetric_molecule(diameter_A: float, order: int, n_atoms: int = 3000, seed: int = 0) -> Molecule:
+    """Ring of ``order`` identical subunits around the z axis (Cn symmetry), extent ``diameter_A``.
+
+    Each subunit is two fused ellipsoids (randomly shaped and tilted, seeded) repeated by
+    rotations of 360°/order about z, so the projection along z (tilt 0, a "top view") has
+    ``order``-fold in-plane symmetry: its psi is only defined modulo 360°/order, and for
+    large orders hardly at all. Domain = subunit index (fragments are 1-2 subunits).
+    """
+    if order < 2:
+        raise ValueError(f"make_symmetric_molecule: order must be >= 2 (got {order})")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(order), 6007]))
+    per = max(n_atoms // order, 2)
+    radius = rng.uniform(0.35, 0.6)
+    # Subunits sized to touch their neighbours (half the chord between adjacent centres).
+    size = float(np.clip(radius * np.sin(np.pi / order), 0.1, 0.35))
+    parts = []
+    body_axes = size * rng.uniform(0.9, 1.3, 3)
+    knob = (radius * rng.uniform(0.5, 1.1), rng.uniform(-0.15, 0.15), rng.uniform(-0.3, 0.3))
+    for share, centre, axes in ((0.65, (radius, 0.0, 0.0), body_axes), (0.35, knob, size * rng.uniform(0.6, 0.9, 3))):
+        pts = _points_in_ellipsoid(rng, max(int(share * per), 1), axes) @ _random_rotation(rng).T
+        parts.append(pts + np.asarray(centre))
+    unit = np.concatenate(parts)
+    unit_w = 1.0 + 0.2 * rng.uniform(-1, 1, size=len(unit))
+    coords, weights, dom = [], [], []
+    for k in range(order):
+        a = 2 * np.pi * k / order
+        rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+        coords.append(unit @ rz.T)
+        weights.append(unit_w)
+        dom.append(np.full(len(unit), k))
+    xyz = np.concatenate(coords)
+    xyz[:, 2] -= xyz[:, 2].mean()  # centred on the axis by construction; centre along z too
+    xyz *= (0.5 * diameter_A) / np.max(np.linalg.norm(xyz, axis=1))
+    return Molecule(coords_A=xyz, weights=np.concatenate(weights), domain=np.concatenate(dom),
+                    diameter_A=float(diameter_A))
+
+
+def make_round_molecule(diameter_A: float, axes_ratio: tuple[float, float] = (1.0, 1.0), n_atoms: int = 3000,
+                        seed: int = 0) -> Molecule:
+    """Featureless uniform ellipsoid (a round or elongated particle with no internal detail).
+
+    Semi-axes ``(1, axes_ratio[0], axes_ratio[1])`` × ``diameter_A/2`` along x, y, z: (1, 1)
+    gives a ball (every view a disc, psi undefined), others ellipses. Domain = octant, so
+    fragments are pieces of the body.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 15485863]))
+    axes = 0.5 * float(diameter_A) * np.array([1.0, float(axes_ratio[0]), float(axes_ratio[1])])
+    xyz = _points_in_ellipsoid(rng, int(n_atoms), axes)
+    domain = ((xyz[:, 0] > 0).astype(int) + 2 * (xyz[:, 1] > 0) + 4 * (xyz[:, 2] > 0)).astype(int)
+    weights = 1.0 + 0.2 * rng.uniform(-1, 1, size=len(xyz))
+    return Molecule(coords_A=xyz, weights=weights, domain=domain, diameter_A=float(diameter_A))
 
 
 def euler_matrix(rot_deg: float, tilt_deg: float, psi_deg: float = 0.0) -> np.ndarray:
@@ -317,6 +371,8 @@ def simulate_particles(
     particle_diameter_A: float | None = None,
     n_atoms: int = 3000,
     molecule_seed: int = 0,
+    molecule: Molecule | None = None,
+    view_euler_deg: np.ndarray | None = None,
     shift_sd_px: float = 1.5,
     defocus_range_A: tuple[float, float] = (10000.0, 25000.0),
     max_astigmatism_A: float = 1000.0,
@@ -336,6 +392,10 @@ def simulate_particles(
     (exact counts, largest remainder). particle_diameter_A: molecule extent (default
     0.6 of the box). Micrograph-sorted order; reproducible from ``seed``. Without noise
     pass ``normalise=False`` (the background would have zero variance).
+    molecule: project this body instead of the default asymmetric one (e.g. from
+    :func:`make_symmetric_molecule` or :func:`make_round_molecule`; its diameter is the
+    particle's). view_euler_deg: ``(n_views, 2)`` (rot, tilt) of the views instead of
+    :func:`choose_views` (e.g. tilt 0 for the top view of a symmetric molecule).
     Raises ValueError for bad arguments (names the argument).
     """
     if n < 1 or box < 16 or box % 2:
@@ -353,17 +413,21 @@ def simulate_particles(
     if len(view_weights) != n_views:
         raise ValueError(f"simulate: view_weights has {len(view_weights)} entries for n_views={n_views}")
     px = float(pixel_size_A)
+    if view_euler_deg is not None and np.shape(view_euler_deg) != (n_views, 2):
+        raise ValueError(f"simulate: view_euler_deg must have shape ({n_views}, 2) (got {np.shape(view_euler_deg)})")
     diameter_A = particle_diameter_A if particle_diameter_A is not None else 0.6 * box * px
+    if molecule is not None:
+        diameter_A = molecule.diameter_A
     root = np.random.SeedSequence([int(seed), 31337])
     seq_setup, seq_chunks = root.spawn(2)
     rng = np.random.default_rng(seq_setup)
 
     # ---- sources: view projections, aggregate members, fragments (fine renders)
-    mol = make_molecule(diameter_A, n_atoms=n_atoms, seed=molecule_seed)
+    mol = molecule if molecule is not None else make_molecule(diameter_A, n_atoms=n_atoms, seed=molecule_seed)
     sigma_px = atom_sigma_px(px)
     oversample = int(np.clip(512 // box, 2, 4))
     half = int(np.ceil(0.5 * diameter_A / px + 4 * sigma_px + 2))
-    euler = choose_views(n_views, seed)
+    euler = choose_views(n_views, seed) if view_euler_deg is None else np.asarray(view_euler_deg, dtype=np.float64)
     n_agg_src, n_frag_src = 12, 8
     rotations = [euler_matrix(r, t) for r, t in euler]
     rotations += [_random_rotation(rng) for _ in range(n_agg_src)]

@@ -35,7 +35,13 @@ EXTRA_INPUTS: tuple[str, ...] = (
     "log10_particles", "log_relative_distribution", "protein_area_fraction", "protein_contrast",
     "solvent_to_protein_stddev", "ring_to_protein_stddev", "ring_skew", "solvent_kurt", "log_resolution_ratio",
 )
-INPUT_NAMES: tuple[str, ...] = VECTOR_FEATURES + EXTRA_INPUTS
+#: Rotational accuracy (deg) above which the input no longer changes. The in-plane angle of
+#: a good class is poorly defined when its view is (nearly) rotationally symmetric: top
+#: views of Cn complexes, round or featureless particles. Its accuracy then says nothing
+#: about quality, so only the range where a precise angle is positive evidence is kept.
+ROTATION_ACCURACY_CAP_DEG = 3.0
+INPUT_NAMES: tuple[str, ...] = ((f"accuracy_rotation_deg_max{ROTATION_ACCURACY_CAP_DEG:g}",) + VECTOR_FEATURES[1:]
+                                + EXTRA_INPUTS)
 
 
 class WeightsError(ValueError):
@@ -65,13 +71,16 @@ def model_inputs(features: Sequence[Mapping[str, float]]) -> np.ndarray:
     """``(K, 33)`` model input of the scored classes of one job (the order of ``features``).
 
     The last three normalised inputs are z-scored across these classes, so pass all the
-    scored classes of a job together. Inputs are clipped to ±10 (robust to outliers).
+    scored classes of a job together. The rotational accuracy is capped at
+    :data:`ROTATION_ACCURACY_CAP_DEG`; inputs are clipped to ±10 (robust to outliers).
     """
     if len(features) == 0:
         return np.zeros((0, len(INPUT_NAMES)))
     k = len(features)
+    capped = [{**f, "accuracy_rotation_deg": min(float(f["accuracy_rotation_deg"]), ROTATION_ACCURACY_CAP_DEG)}
+              for f in features]
     extra = np.array([extra_inputs(f, max(k, int(f.get("nr_classes", k)))) for f in features])
-    return np.clip(np.hstack([normalized_vectors(features), extra]), -10, 10)
+    return np.clip(np.hstack([normalized_vectors(capped), extra]), -10, 10)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
