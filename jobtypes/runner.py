@@ -204,7 +204,7 @@ def prepare_continue(project: Project, registry: Registry, job_text: str, values
     Only options declared ``in_continue`` may change; the job type's ``continue_option``
     (e.g. ``fn_cont``) must be given.
     """
-    pipe, proc, job_type, old = _existing_job(project, registry, job_text, force, "continue")
+    _, proc, job_type, old = _existing_job(project, registry, job_text, force, "continue")
     name = proc.name
     if not job_type.can_continue:
         raise RunError(f"{name}: job type {job_type.process_type} cannot be continued; use 'emclass2d overwrite'")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ccpem_env import ccpem_env  # noqa: F401  (session fixture)
+from fixture_paths import RELION5_CLASS2D
 from emclass2d.nodes import labels as L
 from emclass2d.nodes.jobstar import JobStar, read_job_star, write_job_star
 from emclass2d.nodes.pipeline import read_pipeline
@@ -27,9 +28,7 @@ from emclass2d.nodes.star import read_star
 
 pytestmark = [pytest.mark.ccpem, pytest.mark.slow]
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "relion5-class2d"
-if not FIXTURE.is_dir():
-    FIXTURE = Path("/work/shared/fixtures/relion5-class2d")
+FIXTURE = RELION5_CLASS2D
 
 MARKERS = {"PIPELINER_JOB_EXIT_SUCCESS": "Succeeded", "PIPELINER_JOB_EXIT_FAILED": "Failed",
            "PIPELINER_JOB_EXIT_ABORTED": "Aborted"}

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import starfile
 
+from fixture_paths import RELION5_CLASS2D
 from emclass2d.nodes.class2d_files import (
     OPTIMISER_GENERAL, class_image_name, class_spectrum_table, classes_table, continue_root,
     find_latest_optimiser, groups_table, iteration_root, model_general_block, model_star_blocks,
@@ -18,7 +19,7 @@ from emclass2d.nodes.class2d_files import (
 )
 from emclass2d.nodes.star import StarFileError, read_star, write_star
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion5-class2d"
+FIXTURES = RELION5_CLASS2D
 RUNS = {"em": ("job001", 25), "vdam": ("job002", 100)}
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="RELION 5 fixtures not available")
 

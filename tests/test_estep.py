@@ -107,7 +107,6 @@ def _brute(model, batch, settings, samp):
     t_f = samp.fine_translations_px()
     n_t = len(t_c)
     pix_c, pix_cur = _pixels(coarse), _pixels(cur)
-    fx = np.fft.fftfreq(N)[:, None] * N
     freq_x = np.tile(np.arange(N // 2 + 1)[None, :], (N, 1)) / (N * PX)
     freq_y = np.tile(np.where(np.arange(N) <= N // 2, np.arange(N), np.arange(N) - N)[:, None], (1, N // 2 + 1)) / (N * PX)
     shells = np.rint(np.hypot(freq_x * N * PX, freq_y * N * PX)).astype(int)

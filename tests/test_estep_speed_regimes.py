@@ -14,7 +14,6 @@ import pytest
 
 import emclass2d.core.estep as estep
 from emclass2d.core.backend import to_host
-from emclass2d.core.batch import ParticleBatch
 from emclass2d.core.estep import BatchStats, ParticleResults, expectation_batch, prepare_iteration
 from emclass2d.core.sampling import make_sampling, with_perturbation
 from test_estep import _brute, _make_problem

@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fixture_paths import RELION5_CLASS2D
 from emclass2d.nodes.images import ImageReadError, ImageSource, parse_image_name
 from emclass2d.nodes.mrc import write_mrc, write_mrcs
 from emclass2d.nodes.particles import ParticleTable, image_source_for
 from emclass2d.nodes.star import write_star
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion5-class2d"
+FIXTURES = RELION5_CLASS2D
 
 
 def _stack(path: Path, k: int, n: int = 8, offset: float = 0.0) -> np.ndarray:

@@ -1,17 +1,17 @@
 """MRC writing and reading: RELION's header conventions, pixel size, moment stacks."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import mrcfile
 import numpy as np
 import pytest
 
+from fixture_paths import RELION5_CLASS2D
 from emclass2d.nodes.mrc import (
     MrcFileError, read_complex_stack, read_mrc, read_mrcs, write_complex_stack, write_mrc, write_mrcs,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion5-class2d"
+FIXTURES = RELION5_CLASS2D
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="RELION 5 fixtures not available")
 
 

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fixture_paths import RELION5_CLASS2D
 from emclass2d.nodes.particles import ParticleTable, group_name_from_micrograph
 from emclass2d.nodes.star import StarFileError, read_star, write_star
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion5-class2d"
+FIXTURES = RELION5_CLASS2D
 PARTICLES = FIXTURES / "particles.star"
 RELION_DATA = FIXTURES / "Class2D" / "job001" / "run_it025_data.star"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixture_paths import RELION5_CLASS2D
 from emclass2d.jobtypes import cmd_classes
 from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.select import SelectClass2DAuto
@@ -17,9 +18,7 @@ from emclass2d.jobtypes.select.options import SelectOptions
 from emclass2d.jobtypes.select.run import run_select
 from emclass2d.nodes.star import read_star
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion5-class2d"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures/relion5-class2d")
+FIXTURES = RELION5_CLASS2D
 EM_OPT = "Class2D/job001/run_it025_optimiser.star"
 VDAM_OPT = "Class2D/job002/run_it100_optimiser.star"
 

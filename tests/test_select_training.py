@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,10 +12,9 @@ from emclass2d.core.simulate import make_round_molecule, make_symmetric_molecule
 from emclass2d.jobtypes.select.model import ROTATION_ACCURACY_CAP_DEG, RankerModel, model_inputs
 from emclass2d.jobtypes.select.train import class2d_job, fit_platt, idealised_job, source_of, split_jobs
 from emclass2d.nodes.star import read_star
+from fixture_paths import RELION5_CLASS2D
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion5-class2d"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures/relion5-class2d")
+FIXTURES = RELION5_CLASS2D
 CLEAN = dict(snr=None, apply_ctf=False, normalise=False, junk_fraction=0.0)
 
 

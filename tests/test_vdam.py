@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fixture_paths import RELION5_CLASS2D
 from emclass2d.core.fourier import rfft2_centered
 from emclass2d.core.vdam import (
     VdamState,
@@ -26,7 +26,7 @@ from emclass2d.core.vdam import (
 )
 
 N, PF, P = 8, 2, 16
-FIXTURE = Path("/work/shared/fixtures/relion5-class2d/Class2D/job002")
+FIXTURE = RELION5_CLASS2D / "Class2D" / "job002"
 
 
 # ---------------------------------------------------------------- slow reference

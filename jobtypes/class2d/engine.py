@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from emclass2d.core.backend import to_device, to_host
-from emclass2d.core.batch import ParticleBatch
 from emclass2d.core.estep import BatchStats, EStepSetup, expectation_batch, merge_stats, prepare_iteration
 from emclass2d.core.model import Model, Settings
 from emclass2d.core.sampling import Sampling

@@ -21,9 +21,6 @@ Example (what ``emclass2d run emclass2d.class2d ...`` calls)::
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-import os
 import shlex
 import sys
 import time
@@ -54,7 +51,7 @@ from emclass2d.jobtypes.class2d.outputs import IterationFiles, write_iteration
 from emclass2d.jobtypes.class2d.report import write_convergence_plot
 from emclass2d.nodes import class2d_files as c2f
 from emclass2d.nodes.images import ImageReadError
-from emclass2d.nodes.mrc import read_mrcs, write_mrcs
+from emclass2d.nodes.mrc import write_mrcs
 from emclass2d.nodes.particles import ParticleTable, image_source_for, resolve_in_project
 from emclass2d.nodes.star import StarFileError
 
