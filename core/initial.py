@@ -239,13 +239,22 @@ def rotated_defocus_angle(defocus_angle_deg: Any, psi_deg: Any) -> Any:
 def stage2_references(sums: ReferenceSums, ini_high_A: float, pixel_size_A: float) -> Any:
     """Stage-1 reconstruction sum/weight, low-passed at ini_high (stage 2); (K, N, N) float32.
 
-    Elements with little CTF² (near zeros of the CTF) are damped rather than amplified: the
-    ratio uses weight + 1 % of its mean, a Wiener-like guard.
+    As RELION's unregularised reconstruction (facts 2.8, 2.11): data / max(weight,
+    shell-mean weight/1000), so the low frequencies keep the full CTF-corrected amplitude
+    (the stage-2 standard deviation sets the scale of the blob references). Only shells
+    within radius round(N·px/ini_high)//2 are kept: RELION sizes this accumulator with
+    the ini_high shell as if it were a box size.
     """
     xp = array_module(sums.weight)
     n = sums.weight.shape[-2]
-    eps = 0.01 * xp.maximum(sums.weight.mean(axis=(-2, -1), keepdims=True), 1e-30)
-    f = sums.data / (sums.weight + eps)
+    kx, ky = frequency_indices(n, xp)
+    r2 = kx * kx + ky * ky
+    shell = xp.minimum(xp.rint(xp.sqrt(r2.astype(xp.float64))).astype(xp.int64), n // 2)
+    mean_w = radial_average(sums.weight, n, n // 2 + 1)  # (K, N//2+1)
+    denom = xp.maximum(sums.weight, mean_w[:, shell] / 1000.0)
+    f = xp.where(denom > 0, sums.data / xp.where(denom > 0, denom, 1.0), 0.0)
+    r_max = int(round(n * pixel_size_A / ini_high_A)) // 2
+    f = xp.where(r2 <= r_max * r_max, f, 0.0)
     f = f * lowpass_weight(n, ini_high_A, pixel_size_A, 2.0, xp)
     return irfft2_centered(f.astype(xp.complex64), n)
 

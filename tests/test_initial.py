@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from emclass2d.core.fourier import irfft2_centered
 from emclass2d.core.initial import (
     NoiseSums,
     ReferenceSums,
@@ -112,16 +113,42 @@ def stage2_from(images: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return stage2_references(sums, 20.0, 2.0)
 
 
-def test_stage2_without_ctf_is_the_low_passed_image() -> None:
+def _lowpassed_within(img: np.ndarray, r_max: int, ini_high_A: float, px: float) -> np.ndarray:
+    """float64 reference: keep |k| <= r_max, raised-cosine low-pass (2 shells wide) at ini_high."""
+    n = img.shape[0]
+    f = np.fft.fft2(np.fft.ifftshift(img.astype(np.float64)))
+    k = np.fft.fftfreq(n) * n
+    r = np.hypot(k[None, :], k[:, None])
+    cut = n * px / ini_high_A
+    w = 0.5 + 0.5 * np.cos(np.pi * np.clip((r - (cut - 1.0)) / 2.0, 0.0, 1.0))
+    return np.fft.fftshift(np.fft.ifft2(f * w * (r <= r_max)).real)
+
+
+def test_stage2_without_ctf_is_the_low_passed_image_within_the_accumulator_radius() -> None:
     n = 32
     c = np.arange(n) - n // 2
     y, x = np.meshgrid(c, c, indexing="ij")
     disc = np.exp(-(x**2 + y**2) / 20.0).astype(np.float32)  # rotation-invariant
     sums = add_reference_sums(ReferenceSums.zeros(n, 1), disc[None], None, np.array([0]), np.array([90.0]))
-    got = stage2_references(sums, 20.0, 2.0)[0]
-    ref = lowpass_raised_cosine(disc[None], 20.0, 2.0)[0]
-    # 1 % Wiener guard on weight 1; a 90-degree turn is exact on the grid
-    assert got == pytest.approx(ref / 1.01, abs=1e-5)
+    got = stage2_references(sums, 10.0, 2.0)[0]
+    # facts 2.11: accumulator "box" round(N·px/ini_high) = 6 -> radius 3 shells; no damping (weight 1)
+    assert got == pytest.approx(_lowpassed_within(disc, 3, 10.0, 2.0), abs=1e-5)
+
+
+def test_stage2_is_fully_ctf_corrected_at_low_frequency() -> None:
+    # RELION reconstructs data/max(weight, shell mean/1000): a small CTF at low frequency
+    # (amplitude contrast) must not damp the stage-2 amplitude (facts 2.8, 2.11)
+    n = 32
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(n, n // 2 + 1)) + 1j * rng.normal(size=(n, n // 2 + 1))
+    ctf = np.full((n, n // 2 + 1), 0.05)
+    ctf[:, 8:] = 1.0  # well-sampled high frequencies raise the global mean weight
+    sums = ReferenceSums((ctf * ctf * f)[None] * 7.0, (ctf**2)[None] * 7.0)  # Σ CTF·(CTF·F), Σ CTF²
+    got = stage2_references(sums, 8.0, 2.0)[0]
+    want = irfft2_centered(f.astype(np.complex128), n)
+    want = _lowpassed_within(want, int(round(n * 2.0 / 8.0)) // 2, 8.0, 2.0)
+    assert got.std() == pytest.approx(want.std(), rel=1e-4)
+    assert got == pytest.approx(want, abs=1e-4 * want.std())
 
 
 def test_blob_references_reproducible_masked_and_scaled() -> None:
