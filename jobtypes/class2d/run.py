@@ -334,16 +334,27 @@ def run_em(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: list
         summary = _update_particles(state, results, model)
         state.model = model
         _write(ctx, opts, state, it, write_sampling=True)
-        elapsed = time.monotonic() - t0
-        eta = (time.monotonic() - t_start) / (it - state.start_iteration + 1) * (nr_iter - it)
-        summary.update(iteration=it, resolution_A=1.0 / model.current_resolution if model.current_resolution > 0 else 999.0,
-                       class_distribution=to_host(model.pdf_class).tolist(), seconds=elapsed)
-        state.history.append(summary)
+        elapsed, eta = record_iteration(state, summary, it, nr_iter, t0, t_start)
         ctx.log(f"Iteration {it:3d}/{nr_iter}: resolution {summary['resolution_A']:.2f} Å, "
                 f"class changes {100 * summary['changes_classes']:.1f}%, offsets {summary['changes_offsets_A']:.2f} Å, "
                 f"psi {summary['changes_psi_deg']:.2f}°, {elapsed:.1f} s (ETA {_hms(eta)})")
         ctx.iteration_done(it, summary)
     finish(ctx, opts, state, nr_iter)
+
+
+def record_iteration(state: RunState, summary: dict[str, Any], it: int, nr_iter: int, t0: float, t_start: float,
+                     **extra: Any) -> tuple[float, float]:
+    """Complete ``summary`` (resolution, class distribution, time) and add it to the history.
+
+    Returns (seconds of this iteration, estimated seconds left).
+    """
+    model = state.model
+    elapsed = time.monotonic() - t0
+    eta = (time.monotonic() - t_start) / (it - state.start_iteration + 1) * (nr_iter - it)
+    summary.update(iteration=it, resolution_A=1.0 / model.current_resolution if model.current_resolution > 0 else 999.0,
+                   class_distribution=to_host(model.pdf_class).tolist(), seconds=elapsed, **extra)
+    state.history.append(summary)
+    return elapsed, eta
 
 
 def make_engine(ctx: RunContext, opts: Class2DOptions, table: ParticleTable, devices: list[str]) -> Engine:

@@ -64,7 +64,7 @@ from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.class2d.engine import move_to
 from emclass2d.jobtypes.class2d.options import Class2DOptions
 from emclass2d.jobtypes.class2d.run import (RunState, _after_maximization, _hms, _iteration_setup, _update_particles,
-                                            estimate_accuracies,
+                                            estimate_accuracies, record_iteration,
                                             _write, finish, make_engine)
 from emclass2d.nodes import class2d_files as c2f
 from emclass2d.nodes.mrc import read_complex_stack
@@ -266,12 +266,8 @@ def run_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: li
         state.model = model
         if sched.writes_files(it):
             _write_vdam(ctx, opts, state, sched, it, vstate)
-        elapsed = time.monotonic() - t0
-        eta = (time.monotonic() - t_start) / (it - state.start_iteration + 1) * (nr_iter - it)
-        summary.update(iteration=it, resolution_A=1.0 / model.current_resolution if model.current_resolution > 0 else 999.0,
-                       class_distribution=to_host(model.pdf_class).tolist(), seconds=elapsed,
-                       n_particles=int(len(indices)), step_size=float(sched.step_size(it)), tau2_fudge=float(t_fudge))
-        state.history.append(summary)
+        elapsed, eta = record_iteration(state, summary, it, nr_iter, t0, t_start, n_particles=int(len(indices)),
+                                        step_size=float(sched.step_size(it)), tau2_fudge=float(t_fudge))
         ctx.log(f"Mini-batch {it:3d}/{nr_iter} ({len(indices)} particles): resolution {summary['resolution_A']:.2f} Å, "
                 f"step {sched.step_size(it):.3f}, T {t_fudge:.3f}, class changes {100 * summary['changes_classes']:.1f}%, "
                 f"{elapsed:.1f} s (ETA {_hms(eta)})")
