@@ -15,6 +15,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,33 +54,35 @@ def main(args: argparse.Namespace) -> int:
               "do_em": "No" if args.vdam else "Yes", "do_grad": "Yes" if args.vdam else "No",
               "nr_iter_em": args.iter, "nr_iter_grad": max(args.iter, 10), "random_seed": args.seed,
               "use_gpu": "Yes" if args.use_gpu else "No"}
-    cmd = "emclass2d run emclass2d.class2d " + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in values.items())
-    print(f"\n$ {cmd}", flush=True)
-    status = run_new(project, "emclass2d.class2d", values, command_line=cmd, registry=registry)
-    class2d_dir = _last_job(project, "Class2D")
-    print(f"{class2d_dir}: {status}")
-    if status != "Succeeded":
+    class2d_dir = _run_job(project, registry, "emclass2d.class2d", "Class2D", values)
+    if class2d_dir is None:
         return 1
     from emclass2d.nodes.class2d_files import find_latest_optimiser  # noqa: PLC0415
 
     opt = find_latest_optimiser(project.root / class2d_dir)
     opt_rel = opt.resolve().relative_to(project.root.resolve()).as_posix()
     sel_values = {"fn_model": opt_rel, "do_class_ranker": "Yes", "rank_threshold": args.threshold}
-    cmd = "emclass2d run emclass2d.select.class2dauto " + " ".join(f"--{k} {v}" for k, v in sel_values.items())
-    print(f"\n$ {cmd}", flush=True)
-    status = run_new(project, "emclass2d.select.class2dauto", sel_values, command_line=cmd, registry=registry)
-    select_dir = _last_job(project, "Select")
-    print(f"{select_dir}: {status}")
-    if status != "Succeeded":
+    select_dir = _run_job(project, registry, "emclass2d.select.class2dauto", "Select", sel_values)
+    if select_dir is None:
         return 1
     _truth_summary(project.root, select_dir)
     print(f"\nClass averages: {class2d_dir}{opt.name.replace('_optimiser.star', '_classes.mrcs')}")
     print(f"Class2D gallery: {class2d_dir}class_gallery.png")
-    for name in ("class_gallery.png", "report.html"):
+    for what, name in (("Select gallery", "class_averages.png"), ("Select report", "report.html")):
         if (project.root / select_dir / name).exists():
-            print(f"Select {name.split('.')[1].upper()}: {select_dir}{name}")
+            print(f"{what}: {select_dir}{name}")
     print(f"Selected particles: {select_dir}particles.star")
     return 0
+
+
+def _run_job(project: Project, registry: Any, process_type: str, directory: str, values: dict[str, Any]) -> str | None:
+    """Run one job in the foreground as ``emclass2d run`` would; its directory, or None if it failed."""
+    cmd = f"emclass2d run {process_type} " + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in values.items())
+    print(f"\n$ {cmd}", flush=True)
+    status = run_new(project, process_type, values, command_line=cmd, registry=registry)
+    job_dir = _last_job(project, directory)
+    print(f"{job_dir}: {status}")
+    return job_dir if status == "Succeeded" else None
 
 
 def _last_job(project: Project, directory: str) -> str:
