@@ -72,6 +72,7 @@ class RunState:
     root: str
     start_iteration: int
     random_seed: int
+    allow_coarser: bool = False  #: RELION --allow_coarser_sampling
     history: list[dict[str, Any]] = field(default_factory=list)
     smallest_changes: dict[str, float] = field(default_factory=lambda: {
         "orient": 999.0, "offsets": 999.0, "classes": 9999999.0})
@@ -85,6 +86,8 @@ def run_class2d(ctx: RunContext) -> None:
     _configure_threads(opts.nr_threads)
     devices = select_devices(opts)
     ctx.log(f"Compute devices: {', '.join(devices)}")
+    if opts.do_queue:
+        ctx.warn("WARNING: Submit to queue? is Yes, but queue submission is not available: the job runs here")
     try:
         state = continue_state(ctx, opts) if ctx.is_continue else new_state(ctx, opts, devices)
     except (StarFileError, ImageReadError, ValueError) as exc:
@@ -229,7 +232,7 @@ def new_state(ctx: RunContext, opts: Class2DOptions, devices: list[str]) -> RunS
                     current_size=cur, coarse_size=coarse)
     root = f"{ctx.job_dir}run"
     state = RunState(model=move_to(model, "cpu"), table=table, sampling=sampling, settings=settings, root=root,
-                     start_iteration=1, random_seed=seed)
+                     start_iteration=1, random_seed=seed, allow_coarser=bool(opts.allow_coarser))
     _write(ctx, opts, state, 0, write_sampling=True)
     return state
 
@@ -307,7 +310,7 @@ def continue_state(ctx: RunContext, opts: Class2DOptions) -> RunState:
     root = c2f.continue_root(it.output_root, it.iteration)
     ctx.log(f"Continuing from {opts.fn_cont} (iteration {it.iteration}); new files are {root}_itNNN_*")
     state = RunState(model=model, table=table, sampling=sampling, settings=settings, root=root,
-                     start_iteration=it.iteration + 1, random_seed=seed)
+                     start_iteration=it.iteration + 1, random_seed=seed, allow_coarser=bool(opts.allow_coarser))
     _write(ctx, opts, state, it.iteration, write_sampling=True)
     return state
 
@@ -370,11 +373,33 @@ def make_engine(ctx: RunContext, opts: Class2DOptions, table: ParticleTable, dev
 def _iteration_setup(state: RunState, opts: Class2DOptions, it: int) -> tuple[Model, Sampling]:
     """Perturbed sampling and image sizes of iteration ``it`` (reproducible from the seed)."""
     model, settings = state.model, state.settings
-    sampling = with_perturbation(state.sampling, perturbation_for_iteration(state.random_seed, it))
+    sampling = with_perturbation(current_sampling(state), perturbation_for_iteration(state.random_seed, it))
     cur, coarse = image_sizes(model.current_resolution, model.box, model.pixel_size_A, settings.incr_size,
                               sampling.psi_step_deg, settings.diameter_A(model.box, model.pixel_size_A),
                               sampling.oversampling, settings.strict_highres_exp_A)
     return replace(model, current_size=cur, coarse_size=coarse, tau2_fudge=settings.tau2_fudge), sampling
+
+
+def current_sampling(state: RunState) -> Sampling:
+    """The sampling of the next iteration: as requested, or coarser with ``allow_coarser``.
+
+    RELION's ``--allow_coarser_sampling`` (facts 2.13, K > 1): psi step = max(0.8 · best psi
+    accuracy · 2^o, requested step); offset step = 0.8 · best translation accuracy · 2^o,
+    at least the requested step and at most 0.95 × the offset range.
+    """
+    base, model = state.sampling, state.model
+    if not state.allow_coarser or model.n_classes < 2 or base.offset_range_px <= 0:
+        return base
+    rot = np.asarray(to_host(model.accuracy_rot_deg), dtype=np.float64)
+    trans_px = np.asarray(to_host(model.accuracy_trans_A), dtype=np.float64) / model.pixel_size_A
+    known = rot < 999.0
+    if not known.any():
+        return base
+    factor = 2 ** base.oversampling
+    psi_step = max(0.8 * float(rot[known].min()) * factor, base.psi_step_deg)
+    offset_step = min(max(0.8 * float(trans_px[known].min()) * factor, base.offset_step_px), 0.95 * base.offset_range_px)
+    return make_sampling(psi_step, base.offset_range_px, offset_step, oversampling=base.oversampling,
+                         perturb_factor=base.perturb_factor)
 
 
 def _after_maximization(ctx: RunContext, opts: Class2DOptions, state: RunState, model: Model, it: int,
@@ -499,10 +524,11 @@ def optimiser_values(opts: Class2DOptions, state: RunState, it_changes: dict[str
     return values
 
 
-def sampling_values(state: RunState, original: Sampling) -> dict[str, Any]:
-    """sampling_general labels (coarse steps; offsets in Å)."""
+def sampling_values(state: RunState, it: int) -> dict[str, Any]:
+    """sampling_general labels of iteration ``it`` (coarse steps; offsets in Å)."""
     px = state.model.pixel_size_A
-    smp = state.sampling
+    original = state.sampling
+    smp = with_perturbation(current_sampling(state), perturbation_for_iteration(state.random_seed, it) if it > 0 else 0.0)
     return dict(rlnPsiStep=float(smp.psi_step_deg), rlnOffsetRange=float(smp.offset_range_px * px),
                 rlnOffsetStep=float(smp.offset_step_px * px), rlnSamplingPerturbInstance=float(smp.perturbation),
                 rlnPsiStepOriginal=float(original.psi_step_deg),
@@ -519,7 +545,7 @@ def _write(ctx: RunContext, opts: Class2DOptions, state: RunState, it: int, writ
            vdam: dict[str, Any] | None = None, moments: Any = None) -> IterationFiles:
     files = IterationFiles(state.root, it)
     write_iteration(files, state.model, state.table, optimiser_values(opts, state, vdam=vdam),
-                    sampling_values(state, state.sampling) if write_sampling else None,
+                    sampling_values(state, it) if write_sampling else None,
                     command_line(ctx), moments=moments, project_dir=ctx.project_dir)
     return files
 
