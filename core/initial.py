@@ -34,6 +34,7 @@ from emclass2d.core.backend import array_module, to_host
 from emclass2d.core.center import rotate_images
 from emclass2d.core.fourier import frequency_indices, irfft2_centered, radial_average, rfft2_centered
 from emclass2d.core.mask import mask_particles, radius_map
+from emclass2d.core.resolution import default_ini_high_A  # noqa: F401  (part of this module's API)
 
 #: RELION ``--nr_parts_sigma2noise`` default: particles per optics group for the noise.
 NR_PARTS_SIGMA2NOISE = 1000
@@ -165,12 +166,6 @@ def check_background_normalisation(images: Any, radius_px: float, first_index: i
 
 
 # --------------------------------------------------------------------------- references
-
-
-def default_ini_high_A(n: int, pixel_size_A: float) -> float:
-    """RELION's default ``ini_high``: resolution (Å) of shell round(0.07·N)."""
-    shell = max(1, int(round(0.07 * n)))
-    return n * pixel_size_A / shell
 
 
 def lowpass_raised_cosine(images: Any, cutoff_A: float, pixel_size_A: float, width_shells: float = 2.0) -> Any:

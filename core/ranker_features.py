@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from emclass2d.core.initial import lowpass_raised_cosine
 from emclass2d.core.fourier import irfft2_centered, rfft2_centered, shell_index, window_fourier
 
 #: Pixel size (Å) the image features are computed at (``ClassRanker``: uniform 4 Å).
@@ -83,15 +84,7 @@ def lowpass_filter(image: np.ndarray, pixel_size_A: float, lowpass_A: float = LO
 
     As RELION's ``lowPassFilterMap``: shell ``round(N·px/lowpass)`` is the centre of the edge.
     """
-    image = np.asarray(image, dtype=np.float64)
-    n = image.shape[-1]
-    cutoff = n * pixel_size_A / lowpass_A
-    kx = np.arange(n // 2 + 1)[None, :]
-    ky = np.fft.fftfreq(n, 1.0 / n)[:, None]
-    r = np.sqrt(kx * kx + ky * ky)
-    t = np.clip((r - (cutoff - edge_shells / 2)) / edge_shells, 0.0, 1.0)
-    weight = 0.5 + 0.5 * np.cos(np.pi * t)
-    return irfft2_centered(rfft2_centered(image) * weight, n)
+    return lowpass_raised_cosine(np.asarray(image, dtype=np.float64), lowpass_A, pixel_size_A, edge_shells)
 
 
 def radius_grid(n: int) -> np.ndarray:

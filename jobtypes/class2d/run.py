@@ -44,6 +44,7 @@ from emclass2d.core.model import Model, Settings
 from emclass2d.core.mstep import maximization
 from emclass2d.core.resolution import default_ini_high_A, image_sizes, initial_resolution, update_current_resolution
 from emclass2d.core.sampling import Sampling, make_sampling, perturbation_for_iteration, with_perturbation
+from emclass2d.jobtypes._progress import format_duration
 from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.class2d.engine import Engine, ParticleResultsHost, move_to
 from emclass2d.jobtypes.class2d.options import Class2DOptions
@@ -340,7 +341,7 @@ def run_em(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: list
         elapsed, eta = record_iteration(state, summary, it, nr_iter, t0, t_start)
         ctx.log(f"Iteration {it:3d}/{nr_iter}: resolution {summary['resolution_A']:.2f} Å, "
                 f"class changes {100 * summary['changes_classes']:.1f}%, offsets {summary['changes_offsets_A']:.2f} Å, "
-                f"psi {summary['changes_psi_deg']:.2f}°, {elapsed:.1f} s (ETA {_hms(eta)})")
+                f"psi {summary['changes_psi_deg']:.2f}°, {elapsed:.1f} s (ETA {format_duration(eta)})")
         ctx.iteration_done(it, summary)
     finish(ctx, opts, state, nr_iter)
 
@@ -583,8 +584,3 @@ def _write_gallery(ctx: RunContext, state: RunState, files: IterationFiles) -> N
     k = refs.shape[0]
     write_gallery(Path(ctx.project_dir) / ctx.job_dir / "class_gallery.png", refs, np.arange(1, k + 1),
                   to_host(model.pdf_class), to_host(model.estimated_resolution_A))
-
-
-def _hms(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

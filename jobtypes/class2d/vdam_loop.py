@@ -63,7 +63,8 @@ from emclass2d.core.vdam_schedule import VdamSchedule, make_vdam_schedule, minib
 from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.class2d.engine import move_to
 from emclass2d.jobtypes.class2d.options import Class2DOptions
-from emclass2d.jobtypes.class2d.run import (RunState, _after_maximization, _hms, _iteration_setup, _update_particles,
+from emclass2d.jobtypes._progress import format_duration
+from emclass2d.jobtypes.class2d.run import (RunState, _after_maximization, _iteration_setup, _update_particles,
                                             estimate_accuracies, record_iteration,
                                             _write, finish, make_engine)
 from emclass2d.nodes import class2d_files as c2f
@@ -270,7 +271,7 @@ def run_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: li
                                         step_size=float(sched.step_size(it)), tau2_fudge=float(t_fudge))
         ctx.log(f"Mini-batch {it:3d}/{nr_iter} ({len(indices)} particles): resolution {summary['resolution_A']:.2f} Å, "
                 f"step {sched.step_size(it):.3f}, T {t_fudge:.3f}, class changes {100 * summary['changes_classes']:.1f}%, "
-                f"{elapsed:.1f} s (ETA {_hms(eta)})")
+                f"{elapsed:.1f} s (ETA {format_duration(eta)})")
         ctx.iteration_done(it, summary)
     finish(ctx, opts, state, nr_iter)
 
