@@ -3,6 +3,8 @@
 Example::
 
     adjusted_rand_index(truth_view, rlnClassNumber)          # 1.0 = same partition
+    class_purity(truth_view, rlnClassNumber)                 # 1.0 = no class mixes views
+    views_found(truth_view, rlnClassNumber)                  # views with a class of their own
     scores = class_view_scores(classes, sim.view_projections) # (K, V) best correlation
     scores.max(axis=0)                                       # how well each view was found
 
@@ -57,6 +59,26 @@ def adjusted_rand_index(labels_a: Any, labels_b: Any) -> float:
     if max_index == expected:
         return 1.0
     return (sum_ij - expected) / (max_index - expected)
+
+
+def class_purity(truth: Any, classes: Any) -> float:
+    """Fraction of items whose class's most frequent true label is their own.
+
+    1.0 when no class mixes labels, whatever the number of classes per label: splitting a
+    view over two classes keeps purity at 1 (and lowers the adjusted Rand index), merging
+    two views into one class lowers it. Ties go to the smallest label.
+    """
+    table = contingency_table(classes, truth)
+    n = int(table.sum())
+    return float(table.max(axis=1).sum() / n) if n else 1.0
+
+
+def views_found(truth: Any, classes: Any, min_purity: float = 0.9) -> int:
+    """Number of distinct true labels that are the majority of some class at least ``min_purity`` pure."""
+    table = contingency_table(classes, truth)
+    size = table.sum(axis=1)
+    pure = table.max(axis=1) >= min_purity * np.maximum(size, 1)
+    return int(np.unique(table.argmax(axis=1)[pure & (size > 0)]).size)
 
 
 def _normalised(images: np.ndarray, radius_px: float | None) -> np.ndarray:

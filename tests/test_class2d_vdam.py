@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emclass2d.core.metrics import adjusted_rand_index
+from emclass2d.core.metrics import adjusted_rand_index, class_purity
 from emclass2d.core.model import Model
 from emclass2d.core.vdam import VdamState
 from emclass2d.jobtypes.base import RunContext
@@ -139,25 +139,35 @@ def test_inactive_class_is_replaced_by_a_copy_of_the_largest_error_class():
     assert choose_class_replacement(np.array([0.4, 0.3, 0.3]), np.array([0.1, 0.5, 0.0]), 0.1) is None
 
 
-def _ari_good(project: Path, data_star: Path) -> float:
+def _agreement(project: Path, data_star: Path) -> tuple[float, float]:
+    """(adjusted Rand index, class purity) of the good particles' classes against their true views."""
     truth = pd.read_csv(project / "Sim/truth.csv")
     d = read_star(data_star)["particles"]
     cls = dict(zip(d["rlnImageName"].astype(str), d["rlnClassNumber"].to_numpy()))
     labels = np.array([cls[n] for n in truth["rlnImageName"].astype(str)])
     good = ~truth["is_junk"].to_numpy()
-    return adjusted_rand_index(truth["view"].to_numpy()[good], labels[good])
+    views = truth["view"].to_numpy()
+    return adjusted_rand_index(views[good], labels[good]), class_purity(views[good], labels[good])
 
 
 @pytest.mark.slow
-def test_vdam_recovers_views_as_well_as_em(tmp_path):
-    """Smaller than the issue's 10,000 particles (CI time); benchmarks/bench_vdam_vs_em.py runs the full size."""
-    simulate_project_files("Sim", n=1000, box=32, pixel_size_A=6.0, n_views=4, snr=0.3, junk_fraction=0.1,
-                           n_micrographs=10, seed=2, project_dir=tmp_path)
-    common = dict(fn_img="Sim/particles.star", nr_classes=6, particle_diameter=150.0, random_seed=1,
-                  psi_sampling=12.0, offset_range=3.0, offset_step=1.5)
+def test_vdam_recovers_views_as_well_as_em_on_10000_particles(tmp_path):
+    """The issue's end-to-end criterion: 10,000 particles, VDAM's ARI at most 0.05 below EM's.
+
+    64-px particles at 3 Å/px, 6 equally frequent views (no two alike: best mutual
+    correlation 0.93), SNR 0.2, 10 % junk; K = 8, EM 10 iterations against 40 VDAM
+    mini-batches (200 to 1,000 particles, then all 10,000). Class purity (merging views
+    lowers it, splitting a view over classes does not) is held to the same standard.
+    When written: EM ARI 0.42 / purity 0.58, VDAM 0.61 / 0.78 (EM emptied 4 classes).
+    """
+    simulate_project_files("Sim", n=10000, box=64, pixel_size_A=3.0, n_views=6, snr=0.2, junk_fraction=0.1,
+                           n_micrographs=50, seed=1, view_weights=[1.0] * 6, project_dir=tmp_path)
+    common = dict(fn_img="Sim/particles.star", nr_classes=8, particle_diameter=144.0, random_seed=1,
+                  psi_sampling=12.0, offset_range=3.0, offset_step=1.5, nr_threads=2)
     _run(tmp_path, "Class2D/job001/", Class2DOptions(do_em=True, do_grad=False, nr_iter_em=10, **common))
-    _run(tmp_path, "Class2D/job002/", Class2DOptions(do_em=False, do_grad=True, nr_iter_grad=40,
-                                                     grad_ini_subset=100, grad_fin_subset=400, **common))
-    ari_em = _ari_good(tmp_path, tmp_path / "Class2D/job001/run_it010_data.star")
-    ari_vdam = _ari_good(tmp_path, tmp_path / "Class2D/job002/run_it040_data.star")
+    _run(tmp_path, "Class2D/job002/", Class2DOptions(do_em=False, do_grad=True, nr_iter_grad=40, **common))
+    ari_em, purity_em = _agreement(tmp_path, tmp_path / "Class2D/job001/run_it010_data.star")
+    ari_vdam, purity_vdam = _agreement(tmp_path, tmp_path / "Class2D/job002/run_it040_data.star")
     assert ari_vdam >= ari_em - 0.05, (ari_vdam, ari_em)
+    assert purity_vdam >= purity_em - 0.02, (purity_vdam, purity_em)
+    assert ari_vdam > 0.4 and purity_vdam > 0.6, (ari_vdam, purity_vdam)  # views found, not chance

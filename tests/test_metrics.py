@@ -48,3 +48,18 @@ def test_class_view_scores_find_rotated_shifted_view() -> None:
     assert scores.shape == (2, 3)
     assert scores[0].argmax() == 2 and scores[1].argmax() == 0
     assert scores[0, 2] > 0.97 and scores[1, 0] > 0.97
+
+
+def test_purity_and_views_found_tell_a_split_from_a_merge() -> None:
+    from emclass2d.core.metrics import class_purity, views_found
+
+    truth = np.array([0] * 6 + [1] * 4 + [2] * 2)
+    split = np.array([1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4])  # view 0 over two classes
+    merge = np.array([1] * 6 + [2] * 4 + [2] * 2)  # views 1 and 2 share class 2
+    assert class_purity(truth, split) == 1.0
+    assert views_found(truth, split) == 3
+    assert class_purity(truth, merge) == 10 / 12  # class 2 holds 4 of view 1 and 2 of view 2
+    assert views_found(truth, merge) == 1  # class 2 is 4/6 pure
+    assert views_found(truth, merge, min_purity=0.6) == 2
+    # the adjusted Rand index penalises the harmless split more than the merge here
+    assert adjusted_rand_index(truth, split) < adjusted_rand_index(truth, merge) < 1.0
