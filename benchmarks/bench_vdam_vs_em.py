@@ -13,7 +13,7 @@ classes holding at least 1 % of the particles, the class-average resolution
 (rlnEstimatedResolution of classes above 1 % with an estimate, class-fraction weighted, and
 the best class) and peak resident memory.
 
-Full size (the issue's figure; hours on a 2-core machine)::
+Full size (the figures in RESULTS.md; about 45 minutes on 2 cores)::
 
     python benchmarks/bench_vdam_vs_em.py --n 20000 --classes 50 --iter 200 --iter-em 25
 
