@@ -171,3 +171,29 @@ def test_same_classes_resolution_and_alignment_as_relion(tmp_path, stack, algo):
     # when written: EM 0.815/0.694/0.302/0.170 vs RELION 0.814/0.695/0.302/0.172;
     # VDAM 0.816/0.697/0.305/0.174 vs RELION 0.815/0.692/0.300/0.173
     assert np.all(ours_pred >= rel_pred - 0.01), (ours_pred, rel_pred)
+
+
+def test_continue_of_a_relion_em_run(tmp_path):
+    """One more EM iteration from RELION's run_it025_optimiser.star, in RELION's job directory."""
+    project = _project(tmp_path)
+    shutil.copytree(RELION5_CLASS2D / "Class2D/job001", project / "Class2D/job001")
+    opts = Class2DOptions(do_em=True, do_grad=False, nr_iter_em=26, fn_cont="Class2D/job001/run_it025_optimiser.star",
+                          **GUI)
+    old = os.getcwd()
+    os.chdir(project)
+    try:
+        run_class2d(RunContext(project_dir=project, job_dir="Class2D/job001/", options=opts, is_continue=True,
+                               log=lambda s: None, warn=lambda s: None))
+    finally:
+        os.chdir(old)
+    job = project / "Class2D/job001"
+    relion = read_star(job / "run_it025_model.star")["model_general"]
+    rewritten = read_star(job / "run_ct25_it025_model.star")["model_general"]
+    for label in ("rlnCurrentImageSize", "rlnCurrentResolution", "rlnPixelSize", "rlnNrClasses"):
+        assert rewritten[label] == relion[label], label
+    p_rel, _ = _particles(job / "run_it025_data.star")
+    p_new, _ = _particles(job / "run_ct25_it026_data.star")
+    assert adjusted_rand_index(p_rel["rlnClassNumber"], p_new["rlnClassNumber"]) == 1.0
+    # RELION's converged poses stay put: offsets within about a pixel (the sampling grid moves)
+    d = np.hypot(p_new["rlnOriginXAngst"] - p_rel["rlnOriginXAngst"], p_new["rlnOriginYAngst"] - p_rel["rlnOriginYAngst"])
+    assert float(np.sqrt(np.mean(d ** 2))) < 3.0  # Å, one pixel (RELION between its own iterations: 1.5 Å)

@@ -306,6 +306,7 @@ def continue_state(ctx: RunContext, opts: Class2DOptions) -> RunState:
         accuracy_trans_A=classes["rlnAccuracyTranslationsAngst"].to_numpy(dtype=np.float64),
         scale=scale, avg_norm_correction=float(it.model.general.get("rlnNormCorrectionAverage", 1.0)),
         current_resolution=1.0 / cur_res_A if cur_res_A > 0 else 0.0,
+        current_size=int(it.model.general.get("rlnCurrentImageSize", n)),
         log_likelihood=float(it.model.general.get("rlnLogLikelihood", 0.0)),
         ave_pmax=float(it.model.general.get("rlnAveragePmax", 0.0)))
     root = c2f.continue_root(it.output_root, it.iteration)
