@@ -50,12 +50,12 @@ def _project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _run(project: Path, job: str, opts: Class2DOptions) -> None:
+def _run(project: Path, job: str, opts: Class2DOptions, is_continue: bool = False) -> None:
     old = os.getcwd()
     os.chdir(project)
     try:
-        run_class2d(RunContext(project_dir=project, job_dir=job, options=opts, log=lambda s: None,
-                               warn=lambda s: None))
+        run_class2d(RunContext(project_dir=project, job_dir=job, options=opts, is_continue=is_continue,
+                               log=lambda s: None, warn=lambda s: None))
     finally:
         os.chdir(old)
 
@@ -179,13 +179,7 @@ def test_continue_of_a_relion_em_run(tmp_path):
     shutil.copytree(RELION5_CLASS2D / "Class2D/job001", project / "Class2D/job001")
     opts = Class2DOptions(do_em=True, do_grad=False, nr_iter_em=26, fn_cont="Class2D/job001/run_it025_optimiser.star",
                           **GUI)
-    old = os.getcwd()
-    os.chdir(project)
-    try:
-        run_class2d(RunContext(project_dir=project, job_dir="Class2D/job001/", options=opts, is_continue=True,
-                               log=lambda s: None, warn=lambda s: None))
-    finally:
-        os.chdir(old)
+    _run(project, "Class2D/job001/", opts, is_continue=True)
     job = project / "Class2D/job001"
     relion = read_star(job / "run_it025_model.star")["model_general"]
     rewritten = read_star(job / "run_ct25_it025_model.star")["model_general"]
