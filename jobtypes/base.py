@@ -78,10 +78,19 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
 
+    #: job.star names of older RELION versions that a job type translates itself (in a
+    #: ``model_validator(mode="before")``); kept when a job.star's unknown names are ignored.
+    legacy_job_star_names: ClassVar[frozenset[str]] = frozenset()
+
     @classmethod
     def relion_names(cls) -> dict[str, str]:
         """Map job.star variable name -> python field name, in declaration order."""
         return {(f.alias or name): name for name, f in cls.model_fields.items()}
+
+    @classmethod
+    def accepted_names(cls) -> set[str]:
+        """Every job.star name taken as input: the current ones and the legacy ones."""
+        return set(cls.relion_names()) | cls.legacy_job_star_names
 
     @classmethod
     def field_info(cls, relion_name: str) -> dict[str, Any]:
@@ -100,8 +109,8 @@ class JobOptions(BaseModel):
     @classmethod
     def from_job_star(cls, values: dict[str, str], *, ignore_unknown: bool = False) -> "JobOptions":
         """Build from job.star ``{variable: value string}`` (Yes/No -> bool)."""
-        names = cls.relion_names()
-        data = {k: _from_star_value(v) for k, v in values.items() if not ignore_unknown or k in names}
+        known = cls.accepted_names()
+        data = {k: _from_star_value(v) for k, v in values.items() if not ignore_unknown or k in known}
         return cls.model_validate(data)
 
     def to_job_star(self) -> dict[str, str]:

@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
         job = read_job_star(project.path(args.job_star))
         job_type = job_type or job.process_type
         registry = get_registry()
-        known = registry.get(job_type).options_model.relion_names() if job_type in registry else job.options
+        known = registry.get(job_type).options_model.accepted_names() if job_type in registry else job.options
         ignored = sorted(set(job.options) - set(known))
         if ignored:
             print(f"emclass2d run: warning: ignoring {args.job_star} variable(s) unknown to {job_type}: "

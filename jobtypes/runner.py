@@ -78,7 +78,7 @@ def allowed_text(info: Mapping[str, Any]) -> str:
 
 def check_option_names(model: type[JobOptions], names: list[str], process_type: str) -> None:
     """Refuse unknown option names, suggesting the closest valid one."""
-    valid = list(model.relion_names())
+    valid = list(model.relion_names()) + sorted(model.legacy_job_star_names)
     bad = []
     for name in names:
         if name not in valid:
@@ -98,7 +98,7 @@ def validate_options(job_type: JobType, values: Mapping[str, Any], *, base: Mapp
     model = job_type.options_model
     check_option_names(model, list(values), job_type.process_type)
     merged = {**(base or {}), **{k: v for k, v in values.items()}}
-    merged = {k: v for k, v in merged.items() if k in model.relion_names()}
+    merged = {k: v for k, v in merged.items() if k in model.accepted_names()}
     try:
         return model.from_job_star(merged)
     except ValidationError as exc:

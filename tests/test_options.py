@@ -79,3 +79,33 @@ def test_command_line_words():
         parse_job_tokens(["--a", "1", "--a", "2"])
     with pytest.raises(TokenError, match="unexpected word 'x'"):
         parse_job_tokens(["--a", "1", "x"], positional="TYPE")
+
+
+@pytest.mark.parametrize(("relion4", "algorithm", "iterations"), [
+    ({"nr_iter": "100", "do_grad": "Yes"}, "vdam", 100),  # the RELION 4.0 tutorial's settings
+    ({"nr_iter": "30", "do_grad": "No"}, "em", 30),
+    ({"nr_iter": "30", "do_grad": "Yes", "nr_iter_grad": "150"}, "vdam", 150),  # RELION 5's name wins
+])
+def test_relion4_job_star_iterations(relion4, algorithm, iterations):
+    from emclass2d.jobtypes.class2d.options import Class2DOptions
+
+    values = {"fn_img": "Extract/job012/particles.star", "nr_classes": "100", "tau_fudge": "2",
+              "particle_diameter": "200", "do_zero_mask": "Yes", "highres_limit": "-1", "do_center": "Yes",
+              "do_fast_subsets": "No", **relion4}  # do_fast_subsets: a RELION 3.1/4 name we do not use
+    opts = Class2DOptions.from_job_star(values, ignore_unknown=True)
+    assert (opts.do_grad, opts.do_em) == (algorithm == "vdam", algorithm == "em")
+    assert opts.nr_iter == iterations
+    assert "nr_iter" not in opts.to_job_star()  # written back with RELION 5's names
+    with pytest.raises(ValueError, match="do_fast_subsets"):
+        Class2DOptions.from_job_star(values)  # unknown names are refused unless ignored
+
+
+def test_relion4_iterations_through_the_command_line_path():
+    """`emclass2d run --job-star` of a RELION 4.0 job.star goes through validate_options."""
+    from emclass2d.jobtypes.manager import get_registry
+
+    class2d = get_registry().get("emclass2d.class2d")
+    opts = validate_options(class2d, {"fn_img": "p.star", "nr_iter": "100", "do_grad": "Yes"})
+    assert (opts.do_grad, opts.nr_iter_grad) == (True, 100)
+    opts = validate_options(class2d, {"fn_img": "p.star", "nr_iter": "25", "do_grad": "No"})
+    assert (opts.do_em, opts.nr_iter_em) == (True, 25)

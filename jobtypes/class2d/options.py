@@ -13,7 +13,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import model_validator
 
@@ -106,6 +106,27 @@ class Class2DOptions(JobOptions):
     grad_stepsize: float = option(-1.0, relion="grad_stepsize", label="Step size (VDAM):", in_continue=True, help="-1: 0.3")
     mu: float = option(0.9, relion="mu", label="Momentum of other parameters (VDAM):", ge=0, lt=1, in_continue=True)
     grad_em_iters: int = option(0, relion="grad_em_iters", label="Trailing EM iterations (VDAM):", ge=0, in_continue=True)
+
+    legacy_job_star_names: ClassVar[frozenset[str]] = frozenset({"nr_iter"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _relion4_iterations(cls, data: Any) -> Any:
+        """RELION 4.0's job.star: one ``nr_iter`` ("Number of iterations:") for both algorithms
+        and ``do_grad`` ("Use gradient-driven algorithm?") without ``do_em``.
+
+        ``nr_iter`` becomes the mini-batches (do_grad Yes) or the EM iterations (No), unless
+        RELION 5's own name is also given; without ``do_em``, EM is used when do_grad is No.
+        """
+        if not isinstance(data, dict) or "nr_iter" not in data:
+            return data
+        data = dict(data)
+        nr_iter = data.pop("nr_iter")
+        grad = data.get("do_grad", cls.model_fields["do_grad"].default)
+        grad = grad if isinstance(grad, bool) else str(grad).strip().lower() in ("yes", "true", "1")
+        data.setdefault("nr_iter_grad" if grad else "nr_iter_em", nr_iter)
+        data.setdefault("do_em", not grad)
+        return data
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Class2DOptions":
