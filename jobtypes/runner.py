@@ -78,7 +78,7 @@ def allowed_text(info: Mapping[str, Any]) -> str:
 
 def check_option_names(model: type[JobOptions], names: list[str], process_type: str) -> None:
     """Refuse unknown option names, suggesting the closest valid one."""
-    valid = list(model.relion_names()) + sorted(model.legacy_job_star_names)
+    valid = sorted(model.accepted_names())
     bad = []
     for name in names:
         if name not in valid:

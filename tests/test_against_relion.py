@@ -27,6 +27,7 @@ from emclass2d.core.center import logical_grid, sample_bilinear
 from emclass2d.core.ctf import compute_ctf
 from emclass2d.core.fourier import frequency_grid, irfft2_centered, rfft2_centered, shell_index
 from emclass2d.core.metrics import adjusted_rand_index
+from emclass2d.core.simulate import particle_positions
 from emclass2d.jobtypes.base import RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
 from emclass2d.jobtypes.class2d.run import run_class2d
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.skipif(not RELION5_CLASS2D.is_dir(), reason="RELION 5 f
 GUI = dict(fn_img="particles.star", nr_classes=4, tau_fudge=2.0, particle_diameter=150.0, psi_sampling=6.0,
            offset_range=5.0, offset_step=1.0, do_ctf_correction=True, do_zero_mask=True, do_center=True,
            nr_threads=2, random_seed=1)
-#: (low, high) Fourier shells (64-px box, 3 Å/px) of the bands compared: 48-24, 24-16, 16-12 Å.
+#: (low, high) Fourier shells (64-px box, 3 Å/px) of the bands compared: 48-24, 24-16, 16-12, 12-9.6 Å.
 BANDS = ((1, 4), (5, 8), (9, 12), (13, 16))
 
 
@@ -97,9 +98,8 @@ def _pose_prediction(data_star: Path, stack: np.ndarray, seed: int = 0) -> np.nd
     ux = (c * gx + s * gy - origin[:, 0, None, None]).astype(np.float32)
     uy = (-s * gx + c * gy - origin[:, 1, None, None]).astype(np.float32)
     aligned = sample_bilinear(irfft2_centered(fimg * ctf, n).astype(np.float32), ux, uy).astype(np.float64)
-    # forward: class frame v -> particle frame positions R(psi)(u + o)
-    vx = (c * (gx + origin[:, 0, None, None]) - s * (gy + origin[:, 1, None, None])).astype(np.float32)
-    vy = (s * (gx + origin[:, 0, None, None]) + c * (gy + origin[:, 1, None, None])).astype(np.float32)
+    # forward: where each particle pixel u samples the class average, R(psi)(u + o)
+    vx, vy = particle_positions(n, p["rlnAnglePsi"].to_numpy(float), origin)
     half = np.random.default_rng(seed).random(len(p)) < 0.5
     nsh = sh.max() + 1
     scores = []

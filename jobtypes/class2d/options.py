@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import model_validator
+from pydantic import TypeAdapter, ValidationError, model_validator
 
 from emclass2d.jobtypes.base import JobOptions, option
 #: Node type of the input particles (RELION 5 label).
 _INPUT_NODE = "ParticleGroupMetadata.star.relion"
+_BOOL = TypeAdapter(bool)
 
 
 class Class2DOptions(JobOptions):
@@ -122,8 +123,10 @@ class Class2DOptions(JobOptions):
             return data
         data = dict(data)
         nr_iter = data.pop("nr_iter")
-        grad = data.get("do_grad", cls.model_fields["do_grad"].default)
-        grad = grad if isinstance(grad, bool) else str(grad).strip().lower() in ("yes", "true", "1")
+        try:  # parsed as the field itself parses it
+            grad = _BOOL.validate_python(data.get("do_grad", cls.model_fields["do_grad"].default))
+        except ValidationError:
+            return data  # the do_grad field reports its own error
         data.setdefault("nr_iter_grad" if grad else "nr_iter_em", nr_iter)
         data.setdefault("do_em", not grad)
         return data
