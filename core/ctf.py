@@ -22,10 +22,10 @@ import numpy as np
 from emclass2d.core.backend import array_module
 
 
-def electron_wavelength_A(voltage_kV: float) -> float:
-    """Relativistic electron wavelength in Å for an acceleration voltage in kV."""
-    v = voltage_kV * 1e3
-    return 12.2643247 / np.sqrt(v * (1.0 + 0.978466e-6 * v))
+def electron_wavelength_A(voltage_kV: float | Any) -> Any:
+    """Relativistic electron wavelength in Å for an acceleration voltage in kV (scalar or array)."""
+    xp = array_module(voltage_kV) if hasattr(voltage_kV, "shape") else np
+    return 12.2643247 / xp.sqrt(voltage_kV * 1e3 * (1.0 + 0.978466e-6 * voltage_kV * 1e3))
 
 
 def compute_gamma(
@@ -54,7 +54,7 @@ def compute_gamma(
 
     du, dv, ang = per_particle(defocus_u_A), per_particle(defocus_v_A), per_particle(defocus_angle_deg)
     volt, cs, q0, phase = per_particle(voltage_kV), per_particle(cs_mm), per_particle(amplitude_contrast), per_particle(phase_shift_deg)
-    lam = 12.2643247 / xp.sqrt(volt * 1e3 * (1.0 + 0.978466e-6 * volt * 1e3))
+    lam = electron_wavelength_A(volt)
     fx = xp.asarray(freq_x, dtype=f64)
     fy = xp.asarray(freq_y, dtype=f64)
     u2 = fx * fx + fy * fy

@@ -49,7 +49,7 @@ import numpy as np
 from emclass2d.core.backend import array_module, to_host
 from emclass2d.core.batch import ParticleBatch
 from emclass2d.core.ctf import compute_ctf
-from emclass2d.core.fourier import frequency_grid, frequency_indices, irfft2_centered, rfft2_centered, shell_index
+from emclass2d.core.fourier import frequency_grid, frequency_indices, irfft2_centered, rfft2_centered, round_half_away, shell_index
 from emclass2d.core.mask import mask_particles
 from emclass2d.core.model import Model, Settings
 from emclass2d.core.projector import Projector, make_projector, project, reference_power_spectrum
@@ -234,12 +234,6 @@ class ParticleResults:
 
 
 # ----------------------------------------------------------------------------- image preparation
-def round_half_away(x: Any) -> Any:
-    """RELION's ROUND: halves away from zero, as integers."""
-    xp = array_module(x)
-    return (xp.sign(x) * xp.floor(xp.abs(x) + 0.5)).astype(xp.int64)
-
-
 def translate_integer(images: Any, shift_px: Any) -> Any:
     """out(r) = in(r − shift) for integer (x, y) shifts (B, 2); zeros enter, no wrap."""
     xp = array_module(images, shift_px)

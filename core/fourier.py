@@ -112,3 +112,9 @@ def radial_average(values: Any, n: int, nshells: int | None = None) -> Any:
     sums = xp.stack([xp.bincount(idx.ravel(), weights=row, minlength=nshells + 1)[:nshells] for row in flat2])
     out = sums / xp.maximum(counts, 1)
     return out.reshape(lead + (nshells,))
+
+
+def round_half_away(x: Any) -> Any:
+    """RELION's ``ROUND``: halves away from zero, as int64 (numpy's ``rint`` rounds half to even)."""
+    xp = array_module(x)
+    return (xp.sign(x) * xp.floor(xp.abs(x) + 0.5)).astype(xp.int64)

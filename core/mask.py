@@ -16,11 +16,14 @@ import numpy as np
 from emclass2d.core.backend import array_module
 
 
-def radius_map(n: int, xp: ModuleType = np) -> Any:
-    """Real-space distance in pixels of each element from the box centre ``(n//2, n//2)``."""
+def radius_map(n: int, xp: ModuleType = np, dtype: Any = None) -> Any:
+    """Real-space distance in pixels of each element from the box centre ``(n//2, n//2)``.
+
+    ``(n, n)`` on the device of ``xp``; float32 unless ``dtype`` says otherwise.
+    """
     c = np.arange(n) - n // 2
     r = np.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
-    return xp.asarray(r, dtype=xp.float32)
+    return xp.asarray(r, dtype=xp.float32 if dtype is None else dtype)
 
 
 def soft_edge_weight(n: int, radius_px: float, edge_px: float, xp: ModuleType = np) -> Any:

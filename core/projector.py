@@ -22,6 +22,7 @@ See also: :mod:`emclass2d.core.estep`, :mod:`emclass2d.core.mstep`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from emclass2d.core.backend import array_module
 from emclass2d.core.fourier import rfft2_centered
+from emclass2d.core.mask import radius_map
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,18 @@ class Projector:
         return self.pad_size // 2 + 1
 
 
-def padded_size(box: int, padding_factor: int) -> int:
-    """Padded box ``round(pf·N)`` made even (RELION ``Projector::computeFourierTransformMap``)."""
-    m = int(round(padding_factor * box))
+def padded_size(box: int, padding_factor: float = 2.0) -> int:
+    """Padded box ``ROUND(pf·N)`` made even (RELION ``Projector::computeFourierTransformMap``).
+
+    C ``ROUND``: halves away from zero, as RELION (Python's ``round`` would round half to even).
+    """
+    m = int(math.floor(padding_factor * box + 0.5))
     return m + (m % 2)
 
 
 def gridding_correction(box: int, padding_factor: int, xp: Any = np) -> Any:
     """(N, N) sinc²(π·r/(pf·N)) with r the real-space radius in pixels (linear interpolation)."""
-    c = np.arange(box) - box // 2
-    r = xp.asarray(np.sqrt(c[:, None] ** 2.0 + c[None, :] ** 2.0))  # float64: radius_map is float32
+    r = radius_map(box, xp, dtype=np.float64)
     arg = np.pi * r / (padding_factor * box)
     safe = xp.where(arg > 0, arg, 1.0)
     sinc = xp.where(arg > 0, xp.sin(safe) / safe, 1.0)

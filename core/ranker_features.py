@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from emclass2d.core.initial import lowpass_raised_cosine
+from emclass2d.core.mask import radius_map
 from emclass2d.core.fourier import irfft2_centered, rfft2_centered, shell_index, window_fourier
 
 #: Pixel size (Å) the image features are computed at (``ClassRanker``: uniform 4 Å).
@@ -37,8 +38,6 @@ GRANULO_RADII_PX = (1, 2, 3, 4, 5, 6)
 MIN_PARTICLES_SCORED = 10
 #: Accuracy (deg, Å) given to classes with too few particles to estimate one (``ClassRanker``).
 SMALL_CLASS_ACCURACY = (5.0, 8.0)
-#: p = 0.01 threshold of Σ|CTF·(P−P')|²/(2σ²) (facts 2.13).
-ACCURACY_CHI2 = 4.60517
 
 #: The 24 network inputs in order (facts 5.3); the last three are z-scored per job.
 VECTOR_FEATURES: tuple[str, ...] = (
@@ -87,12 +86,6 @@ def lowpass_filter(image: np.ndarray, pixel_size_A: float, lowpass_A: float = LO
     return lowpass_raised_cosine(np.asarray(image, dtype=np.float64), lowpass_A, pixel_size_A, edge_shells)
 
 
-def radius_grid(n: int) -> np.ndarray:
-    """Distance (px) of each pixel of an ``(n, n)`` box from its centre ``(n//2, n//2)``."""
-    c = np.arange(n) - n // 2
-    return np.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
-
-
 def moments(values: np.ndarray) -> dict[str, float]:
     """sum, mean, stddev, skew, kurt of ``values`` (population; all 0 when empty).
 
@@ -121,7 +114,7 @@ def protein_solvent_masks(lowpassed: np.ndarray, radius_px: float) -> tuple[np.n
     Solvent = disc R minus protein (``ClassRanker::makeSolventMasks``).
     """
     lp = np.asarray(lowpassed, dtype=np.float64)
-    r = radius_grid(lp.shape[-1])
+    r = radius_map(lp.shape[-1], dtype=np.float64)
     disc = r <= radius_px
     inner = r <= 0.6 * radius_px
     above = (lp > 0.05 * lp.std()) & disc
@@ -172,7 +165,7 @@ def class_image_features(average: np.ndarray, pixel_size_A: float, particle_diam
     box = feature_box_size(average.shape[-1], pixel_size_A)
     img = fourier_resize(average, box)
     radius = min(particle_diameter_A / (2 * FEATURE_PIXEL_SIZE_A), box / 2)
-    r = radius_grid(box)
+    r = radius_map(box, dtype=np.float64)
     disc = r <= radius
     feats: dict[str, Any] = {"box_px": box, "radius_px": radius}
 
@@ -238,55 +231,6 @@ def class_metadata_features(
         "accuracy_rotation_deg": rot,
         "accuracy_translation_A": trans,
     }
-
-
-def expected_accuracies(
-    average: np.ndarray,
-    ctf2: np.ndarray,
-    sigma2_noise: np.ndarray,
-    pixel_size_A: float,
-    max_rotation_deg: float = 30.0,
-    max_translation_px: float = 10.0,
-) -> tuple[float, float]:
-    """Rotational (deg) and translational (Å) accuracy of a class average (cf. facts 2.13).
-
-    Smallest psi error (resp. shift along x and y, averaged) for which
-    Σ CTF²·|P − P'|²/(2σ²) over the full Fourier plane exceeds 4.60517 (p = 0.01).
-    ``ctf2`` is the mean squared CTF ``(N, N//2+1)`` of the class's particles and
-    ``sigma2_noise`` the noise power per shell (``rlnSigma2Noise``, RELION's FFT scale).
-    A simplified stand-in for RELION's re-estimation with the first 101 particles: one
-    mean CTF² instead of per-particle CTFs. Capped at 30° / 10 px as RELION.
-    """
-    average = np.asarray(average, dtype=np.float64)
-    n = average.shape[-1]
-    shells = shell_index(n)
-    sig = np.asarray(sigma2_noise, dtype=np.float64)
-    s2 = sig[np.minimum(shells, sig.size - 1)]
-    valid = (shells < min(sig.size, n // 2 + 1)) & (s2 > 0)
-    w = np.where(valid, np.asarray(ctf2, dtype=np.float64) / np.where(valid, 2 * s2, 1.0), 0.0)
-    w[:, 1:] *= 2.0  # both halves of the Fourier plane (column 0 counted once)
-    ref = rfft2_centered(average)
-
-    def chi2(other: np.ndarray) -> float:
-        return float(np.sum(w * np.abs(ref - other) ** 2))
-
-    rot = max_rotation_deg
-    for ang in np.arange(0.05, max_rotation_deg + 1e-9, 0.05 if max_rotation_deg <= 1 else 0.25):
-        rotated = ndimage.rotate(average, ang, reshape=False, order=1, mode="constant", cval=0.0)
-        if chi2(rfft2_centered(rotated)) > ACCURACY_CHI2:
-            rot = float(ang)
-            break
-    kx = np.arange(n // 2 + 1)[None, :] / n
-    ky = np.fft.fftfreq(n)[:, None]
-    shifts = []
-    for freq in (kx, ky):
-        found = max_translation_px
-        for dx in np.arange(0.1, max_translation_px + 1e-9, 0.1):
-            if chi2(ref * np.exp(-2j * np.pi * freq * dx)) > ACCURACY_CHI2:
-                found = float(dx)
-                break
-        shifts.append(found)
-    return rot, float(np.mean(shifts)) * pixel_size_A
 
 
 # ----------------------------------------------------------------------------- network input

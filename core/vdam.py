@@ -34,8 +34,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from emclass2d.core.backend import array_module, to_host
-from emclass2d.core.fourier import irfft2_centered, rfft2_centered
+from emclass2d.core.fourier import irfft2_centered, rfft2_centered, round_half_away
 from emclass2d.core.mask import mask_particles
+from emclass2d.core.projector import padded_size
 
 #: Decay of the first moments (hard-coded in RELION, not ``--mu``).
 BETA1 = 0.9
@@ -49,17 +50,6 @@ EPS = 1e-12
 REPLACE_DAMPING = 0.9
 #: Soft-edge width (px) of the circular mask applied when going back to real space.
 REAL_SPACE_MASK_EDGE_PX = 3.0
-
-
-def _round_half_away(x: Any, xp: Any = np) -> Any:
-    """C ROUND(): half away from zero (numpy's rint rounds half to even)."""
-    return xp.sign(x) * xp.floor(xp.abs(x) + 0.5)
-
-
-def padded_size(ori_size: int, padding_factor: float = 2.0) -> int:
-    """Padded box P = round(pf*N), made even (``Projector::computeFourierTransformMap``)."""
-    p = int(math.floor(padding_factor * ori_size + 0.5))
-    return p + (p % 2)
 
 
 def max_r2_padded(current_size: int, ori_size: int, padding_factor: float) -> int:
@@ -82,7 +72,7 @@ def padded_shell_index(p: int, ori_size: int, xp: Any = np) -> Any:
     """Shell ROUND(sqrt(r²)/pf) (in N-box Fourier pixels) of each padded half-plane element."""
     pf = p / ori_size
     r = np.sqrt(to_host(padded_radius2(p)).astype(np.float64)) / pf
-    return xp.asarray(_round_half_away(r).astype(np.int64))
+    return xp.asarray(round_half_away(r))
 
 
 def fftw_to_centred_rows(grid: Any) -> Any:

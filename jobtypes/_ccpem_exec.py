@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from emclass2d.jobtypes._ccpem_nodes import write_output_nodes_file
+from emclass2d.nodes.output_nodes import write_output_nodes_file
 from emclass2d.jobtypes.manager import get_registry
 from emclass2d.jobtypes.runner import EXIT_CODES, execute, prepare_from_job_dir
 from emclass2d.nodes import labels as L

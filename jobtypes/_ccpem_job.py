@@ -28,10 +28,10 @@ from pipeliner.nodes import Node
 from pipeliner.pipeliner_job import PipelinerCommand, PipelinerJob
 from pipeliner.results_display_objects import ResultsDisplayObject
 
-from emclass2d.jobtypes._ccpem_nodes import read_output_nodes_file
 from emclass2d.jobtypes._ccpem_options import JobOptionSpec, joboption_specs, split_node_type, validation_problems
 from emclass2d.jobtypes.base import JobOptions, JobType
 from emclass2d.nodes import labels as L
+from emclass2d.nodes.output_nodes import read_output_nodes_file
 
 #: The module the job's command runs (``python -m``), in the project directory.
 EXEC_MODULE = "emclass2d.jobtypes._ccpem_exec"
@@ -115,10 +115,10 @@ class EmclassPipelinerJob(PipelinerJob):
     def create_post_run_output_nodes(self) -> None:
         """Outputs found at run time, listed by the job in ``RELION_OUTPUT_NODES.star``."""
         have = {n.name for n in self.output_nodes}
-        for name, type_label in read_output_nodes_file(Path(self.output_dir) / L.OUTPUT_NODES_FILE):
-            if name not in have:
-                self.output_nodes.append(make_node(name, type_label))
-                have.add(name)
+        for node in read_output_nodes_file(Path(self.output_dir) / L.OUTPUT_NODES_FILE):
+            if node.name not in have:
+                self.output_nodes.append(make_node(node.name, node.type_label))
+                have.add(node.name)
 
     # ------------------------------------------------------------------ running
     def get_commands(self) -> list[PipelinerCommand]:

@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: RELION job.star booleans.
-YES, NO = "Yes", "No"
+from emclass2d.nodes.labels import NO, YES
+
 
 
 def option(

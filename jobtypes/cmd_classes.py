@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from emclass2d.core.selection import UNSCORED, count_particles
+from emclass2d.nodes.class2d_files import find_latest_optimiser
 from emclass2d.nodes.star import StarFileError, read_star
 
 
@@ -26,16 +27,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job_dir", metavar="JOBDIR", help="a Class2D or Select job directory, e.g. Class2D/job013")
     parser.add_argument("--project-dir", default=".", help="project directory (default: current)")
     parser.add_argument("--weights", default="", help="class score weights file (default: the shipped weights)")
-
-
-def newest_optimiser(job_dir: Path) -> Path | None:
-    """The run_*itNNN_optimiser.star with the highest iteration number in ``job_dir``."""
-    best, best_it = None, -1
-    for p in job_dir.glob("run*_it*_optimiser.star"):
-        m = re.search(r"_it(\d+)_optimiser\.star$", p.name)
-        if m and int(m.group(1)) > best_it:
-            best, best_it = p, int(m.group(1))
-    return best
 
 
 def _print(rows: list[list[str]], header: tuple[str, ...]) -> None:
@@ -68,7 +59,7 @@ def _select_rows(project: Path, job: Path) -> list[list[str]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from emclass2d.jobtypes.select.inputs import Class2DInputError, read_class2d_iteration
+    from emclass2d.jobtypes.select.inputs import Class2DInputError, read_selection_input
     from emclass2d.jobtypes.select.model import RankerModel, WeightsError
     from emclass2d.jobtypes.select.run import TABLE_HEADER, SelectionResult, class_table_rows
     from emclass2d.jobtypes.select.scoring import features_and_scores
@@ -82,11 +73,11 @@ def main(args: argparse.Namespace) -> int:
         if (job / "rank_model.star").is_file():
             _print(_select_rows(project, job), TABLE_HEADER)
             return 0
-        opt = newest_optimiser(job)
+        opt = find_latest_optimiser(job)
         if opt is None:
             print(f"emclass2d classes: {args.job_dir}: neither a Select job nor a Class2D job with a run_itNNN_optimiser.star")
             return 1
-        it = read_class2d_iteration(opt.relative_to(project), project)
+        it = read_selection_input(opt.relative_to(project), project)
         if it.do_correct_ctf:
             model = RankerModel.load(args.weights or None)
             features, scores = features_and_scores(it, model, args.weights or None, project)

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from emclass2d.jobtypes._tokens import parse_job_tokens
-from emclass2d.jobtypes.cmd_run import report
-from emclass2d.jobtypes.manager import get_registry
-from emclass2d.jobtypes.runner import RunError, launch, prepare_continue
-from emclass2d.nodes.project import Project
+from emclass2d.jobtypes.cmd_run import run_in_place
+from emclass2d.jobtypes.runner import prepare_continue
 
 ACCEPTS_JOB_OPTIONS = True
 
@@ -26,11 +23,4 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    project = Project.open(args.project)
-    job_dir, values = parse_job_tokens(args.job_tokens, positional="JOBDIR")
-    if not job_dir:
-        raise RunError("give the job directory to continue, e.g. Class2D/job001/")
-    registry = get_registry()
-    job = prepare_continue(project, registry, job_dir, values, args.command_line, force=args.force)
-    status = launch(job, pm=registry.plugin_manager, detach=args.detach)
-    return report(job.job_dir, status, args.detach)
+    return run_in_place(args, prepare_continue, "continue")

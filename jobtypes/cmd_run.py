@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from emclass2d.jobtypes._tokens import parse_job_tokens
 from emclass2d.jobtypes.manager import get_registry
-from emclass2d.jobtypes.runner import EXIT_CODES, RunError, launch, prepare_new
+from emclass2d.jobtypes.runner import EXIT_CODES, PreparedJob, RunError, launch, prepare_new
 from emclass2d.nodes.jobstar import read_job_star
 from emclass2d.nodes.project import Project
 
@@ -57,5 +58,17 @@ def main(args: argparse.Namespace) -> int:
     job = prepare_new(project, registry, job_type, values, args.command_line)
     if not args.detach:
         print(f"{job.job_dir}: running {job.job_type.process_type}", flush=True)
+    status = launch(job, pm=registry.plugin_manager, detach=args.detach)
+    return report(job.job_dir, status, args.detach)
+
+
+def run_in_place(args: argparse.Namespace, prepare: Callable[..., PreparedJob], verb: str) -> int:
+    """``continue`` and ``overwrite``: JOBDIR and options from argv, ``prepare`` it, run it."""
+    project = Project.open(args.project)
+    job_dir, values = parse_job_tokens(args.job_tokens, positional="JOBDIR")
+    if not job_dir:
+        raise RunError(f"give the job directory to {verb}, e.g. Class2D/job001/")
+    registry = get_registry()
+    job = prepare(project, registry, job_dir, values, args.command_line, force=args.force)
     status = launch(job, pm=registry.plugin_manager, detach=args.detach)
     return report(job.job_dir, status, args.detach)

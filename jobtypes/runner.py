@@ -43,9 +43,10 @@ from emclass2d.jobtypes.base import JobAborted, JobFailed, JobOptions, JobType, 
 from emclass2d.jobtypes.manager import PluginManager, Registry, get_registry
 from emclass2d.nodes import labels as L
 from emclass2d.nodes.jobstar import JobStar, read_job_star, write_job_star
+from emclass2d.nodes.output_nodes import read_output_nodes_file
 from emclass2d.nodes.pipeline import Node, Pipeline, Process
 from emclass2d.nodes.project import Project, ProjectError
-from emclass2d.nodes.star import StarFileError, read_star
+from emclass2d.nodes.star import StarFileError
 
 log = logging.getLogger(__name__)
 
@@ -317,19 +318,6 @@ def _notify(pm: PluginManager | None, hook: str, streams: JobStreams, **kwargs: 
         streams.warn(f"plugin hook {hook} failed: {type(exc).__name__}: {exc}")
 
 
-def _declared_output_file_nodes(job_path: Path) -> list[Node]:
-    """Extra outputs a job declared in ``RELION_OUTPUT_NODES.star`` (as RELION reads them)."""
-    path = job_path / L.OUTPUT_NODES_FILE
-    if not path.exists():
-        return []
-    table = read_star(path).get(L.OUTPUT_NODES_BLOCK)
-    if table is None or isinstance(table, dict) and not table:
-        return []
-    rows = [table] if isinstance(table, dict) else table.to_dict("records")
-    return [Node(str(r[L.NODE_NAME]), str(r[L.NODE_TYPE_LABEL]), int(r.get(L.NODE_TYPE_LABEL_DEPTH, 1) or 1))
-            for r in rows]
-
-
 def execute(job: PreparedJob, *, pm: PluginManager | None = None, foreground: bool = True) -> str:
     """Run a prepared job to its end; returns the final status (Succeeded/Failed/Aborted).
 
@@ -408,7 +396,7 @@ def _finish(job: PreparedJob, status: str, ctx: RunContext, streams: JobStreams)
         proc.status = status
         if status == L.STATUS_SUCCEEDED:
             extra = [Node(s.name, s.type_label) for s in ctx.extra_output_nodes]
-            Project.set_edges(pipe, job_dir, [], extra + _declared_output_file_nodes(job_path))
+            Project.set_edges(pipe, job_dir, [], extra + read_output_nodes_file(job_path / L.OUTPUT_NODES_FILE))
             missing = [n.name for n in pipe.outputs_of(job_dir) if not project.path(n.name).exists()]
             for name in missing:
                 streams.warn(f"warning: declared output node {name} does not exist")

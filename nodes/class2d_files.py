@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from emclass2d.nodes.images import parse_image_name
+from emclass2d.nodes.labels import parse_flag
 from emclass2d.nodes.particles import ParticleTable, resolve_in_project
 from emclass2d.nodes.star import DataBlock, StarFileError, read_star, write_star
 
@@ -279,9 +280,7 @@ def cast_value(kind: str, value: Any, label: str = "") -> Any:
         if kind == DOUBLE:
             return float(value)
         if kind == BOOL:
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes")
-            return bool(int(value))
+            return parse_flag(value)
         return "" if value is None else str(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"_{label}: expected {kind}, got {value!r} ({exc})") from None
@@ -773,6 +772,46 @@ class Class2DIteration:
         from emclass2d.nodes.mrc import read_mrcs
 
         return read_mrcs(self.classes_path)
+
+    def read_reference_images(self) -> np.ndarray:
+        """The class averages (K, N, N) float32, each read where its rlnReferenceImage points.
+
+        Raises StarFileError naming the model.star, the class and the image when one
+        cannot be read.
+        """
+        from emclass2d.nodes.mrc import MrcFileError, read_mrcs
+
+        stacks: dict[str, np.ndarray] = {}
+        out = []
+        for row, name in enumerate(self.model.classes["rlnReferenceImage"].tolist(), start=1):
+            try:
+                index, fname = parse_image_name(str(name))
+            except ValueError as exc:
+                raise StarFileError(f"{self.model.path}: _rlnReferenceImage of class {row}: {exc}") from exc
+            index = 1 if index is None else index
+            if fname not in stacks:
+                try:
+                    stacks[fname] = read_mrcs(resolve_in_project(fname, self.project_dir))[0]
+                except MrcFileError as exc:
+                    raise StarFileError(f"{self.model.path}: _rlnReferenceImage of class {row} ({name}): {exc}") from exc
+            stack = stacks[fname]
+            if not 1 <= index <= len(stack):
+                raise StarFileError(f"{self.model.path}: _rlnReferenceImage of class {row} ({name}) asks for "
+                                    f"image {index} of a stack of {len(stack)}")
+            out.append(stack[index - 1])
+        return np.stack(out).astype(np.float32)
+
+    def sigma2_noise(self, box: int, optics_group: int = 1) -> np.ndarray | None:
+        """rlnSigma2Noise (box//2+1,) of an optics group (1-based; missing shells = 0), or None."""
+        tables = self.model.optics_noise
+        if not 1 <= optics_group <= len(tables) or "rlnSigma2Noise" not in tables[optics_group - 1]:
+            return None
+        block = tables[optics_group - 1]
+        out = np.zeros(box // 2 + 1)
+        idx = block["rlnSpectralIndex"].to_numpy(dtype=int)
+        ok = idx < out.size
+        out[idx[ok]] = block["rlnSigma2Noise"].to_numpy(dtype=np.float64)[ok]
+        return out
 
 
 def read_class2d_iteration(optimiser_star: str | os.PathLike[str], project_dir: str | os.PathLike[str] = ".") -> Class2DIteration:

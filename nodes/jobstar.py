@@ -74,16 +74,12 @@ def read_job_star(path: str | os.PathLike[str]) -> JobStar:
         require_labels(table, [L.JOB_OPTION_VARIABLE, L.JOB_OPTION_VALUE], path, L.JOB_OPTIONS_BLOCK)
         for var, value in zip(table[L.JOB_OPTION_VARIABLE], table[L.JOB_OPTION_VALUE]):
             options[str(var)] = _unquote(value)
-    return JobStar(process_type, options, _flag(general.get(L.JOB_IS_CONTINUE)), _flag(general.get(L.JOB_IS_TOMO)))
+    return JobStar(process_type, options, L.parse_flag(general.get(L.JOB_IS_CONTINUE)), L.parse_flag(general.get(L.JOB_IS_TOMO)))
 
 
 def _unquote(value: object) -> str:
     s = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
     return "" if s == '""' else s
-
-
-def _flag(value: object) -> bool:
-    return str(value).strip() in ("1", "true", "True", "Yes")
 
 
 def _read_run_job(path: Path) -> JobStar:
@@ -94,7 +90,7 @@ def _read_run_job(path: Path) -> JobStar:
             continue
         key, value = (s.strip() for s in line.split("==", 1))
         if key == "is_continue":
-            is_continue = value in ("true", "1", "Yes")
+            is_continue = L.parse_flag(value)
         else:
             options[key] = value
     return JobStar("", options, is_continue)

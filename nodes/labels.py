@@ -17,6 +17,28 @@ See also: :mod:`emclass2d.nodes.pipeline`, :mod:`emclass2d.nodes.jobstar`.
 """
 from __future__ import annotations
 
+from typing import Any
+
+# ----------------------------------------------------------------- booleans
+#: RELION's job.star booleans.
+YES, NO = "Yes", "No"
+
+
+def parse_flag(value: Any) -> bool:
+    """A boolean as RELION's files spell it: ``Yes``/``No``, ``true``/``false``, ``1``/``0`` (any case).
+
+    Non-strings go through ``int`` (``True``, ``1``, ``0.0``); ``None`` and other words are False.
+    """
+    if value is None or isinstance(value, str):
+        return str(value).strip().lower() in ("1", "true", "yes")
+    return bool(int(value))
+
+
+def format_flag(value: Any) -> str:
+    """``True -> "Yes"``, ``False -> "No"``, as job.star stores booleans."""
+    return YES if value else NO
+
+
 # ----------------------------------------------------------------- pipeline STAR labels
 PIPELINE_GENERAL_BLOCK = "pipeline_general"
 PIPELINE_PROCESSES_BLOCK = "pipeline_processes"

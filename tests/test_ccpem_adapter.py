@@ -12,7 +12,7 @@ import pytest
 
 import echo_plugin
 from emclass2d.jobtypes import ccpem
-from emclass2d.jobtypes._ccpem_nodes import read_output_nodes_file, write_output_nodes_file
+from emclass2d.nodes.output_nodes import read_output_nodes_file, write_output_nodes_file
 from emclass2d.jobtypes._ccpem_options import joboption_specs, split_node_type, validation_problems
 from emclass2d.jobtypes.base import JobOptions, JobType, option
 from emclass2d.jobtypes.class2d import Class2DJob
@@ -153,7 +153,7 @@ def test_output_nodes_file_round_trip(tmp_path):
     nodes = [Node("Class2D/job003/run_ct2_it003_data.star", L.NODE_CLASS2D_DATA),
              Node("Class2D/job003/run_ct2_it003_optimiser.star", L.NODE_CLASS2D_OPTIMISER)]
     write_output_nodes_file(path, nodes)
-    assert read_output_nodes_file(path) == [(n.name, n.type_label) for n in nodes]
+    assert read_output_nodes_file(path) == nodes
     write_output_nodes_file(path, [])
     assert not path.exists() and read_output_nodes_file(path) == []
 
@@ -191,7 +191,7 @@ def test_exec_runs_job_without_touching_the_graph(tmp_path):
     assert (project / L.PIPELINE_FILE).read_bytes() == graph_before
     assert not (job / L.JOB_PIPELINE_FILE).exists() and not (project / L.NODES_DIR).exists()
     # only the node found at run time is handed over; declared outputs are the framework's already
-    assert read_output_nodes_file(job / L.OUTPUT_NODES_FILE) == [(f"{job_dir}extra.txt", echo_plugin.ECHO_NODE)]
+    assert read_output_nodes_file(job / L.OUTPUT_NODES_FILE) == [Node(f"{job_dir}extra.txt", echo_plugin.ECHO_NODE)]
 
 
 def test_exec_failure_exit_status_and_marker(tmp_path):

@@ -8,10 +8,12 @@ import pytest
 from scipy import stats
 
 from emclass2d.core import ranker_features as rf
+from emclass2d.core.accuracy import class_average_accuracies
+from emclass2d.core.mask import radius_map
 
 
 def _disc(n: int, radius: float, value: float = 1.0) -> np.ndarray:
-    return np.where(rf.radius_grid(n) <= radius, value, 0.0)
+    return np.where(radius_map(n, dtype=np.float64) <= radius, value, 0.0)
 
 
 def test_moments_match_population_formulas():
@@ -46,9 +48,9 @@ def test_protein_mask_disc_scattered_and_ignored_islands():
     # island B: 2x2 block at r ~ 16 (outside 0.6R, inside R) -> never seeded, ignored
     lp[24 - 17:24 - 15, 24:26] = 1.0
     protein, solvent, n_scattered = rf.protein_solvent_masks(lp, R)
-    assert protein.sum() == int((rf.radius_grid(n) <= 6.0).sum())
+    assert protein.sum() == int((radius_map(n, dtype=np.float64) <= 6.0).sum())
     assert n_scattered == 4
-    disc = rf.radius_grid(n) <= R
+    disc = radius_map(n, dtype=np.float64) <= R
     assert solvent.sum() == disc.sum() - protein.sum()
     assert not (protein & solvent).any()
 
@@ -57,7 +59,7 @@ def test_small_central_island_is_scattered_not_protein():
     n, R = 48, 20.0
     # 10 % of the 0.6R disc is 0.1*pi*144 = 45.2 px; a disc of radius 3 (29 px) is too small.
     protein, _, n_scattered = rf.protein_solvent_masks(_disc(n, 3.0), R)
-    assert protein.sum() == 0 and n_scattered == int((rf.radius_grid(n) <= 3.0).sum())
+    assert protein.sum() == 0 and n_scattered == int((radius_map(n, dtype=np.float64) <= 3.0).sum())
 
 
 def test_granulometry_hand_values():
@@ -87,7 +89,7 @@ def test_class_image_features_of_a_disc():
         f["protein_sum"] - f["solvent_mean"] * f["protein_area"])
     # A disc filling the mask: protein covers every pixel of the edge ring inside the disc R.
     f2 = rf.class_image_features(_disc(48, 22.0, 3.0), 4.0, 160.0)
-    r = rf.radius_grid(48)
+    r = radius_map(48, dtype=np.float64)
     ring = np.rint(r) == 20
     assert f2["edge_signal"] == pytest.approx((ring & (r <= 20)).sum() / ring.sum())
 
@@ -103,14 +105,14 @@ def test_resolution_from_ssnr_and_metadata_features():
     assert (small["accuracy_rotation_deg"], small["accuracy_translation_A"]) == (5.0, 8.0)
 
 
-def test_expected_accuracies_worsen_with_noise():
+def test_class_average_accuracies_worsen_with_noise():
     rng = np.random.default_rng(2)
     img = np.zeros((48, 48))
     img[18:30, 20:26] = 1.0
     img += rng.normal(0, 0.01, img.shape)
     ctf2 = np.full((48, 25), 0.5)
-    good = rf.expected_accuracies(img, ctf2, np.full(25, 1e-5), 2.0)
-    bad = rf.expected_accuracies(img, ctf2, np.full(25, 1e-3), 2.0)
+    good = class_average_accuracies(img, ctf2, np.full(25, 1e-5), 2.0)
+    bad = class_average_accuracies(img, ctf2, np.full(25, 1e-3), 2.0)
     assert 0 < good[0] < bad[0] <= 30 and 0 < good[1] < bad[1] <= 20
 
 

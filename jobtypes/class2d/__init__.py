@@ -17,10 +17,8 @@ from __future__ import annotations
 from emclass2d.jobtypes import hookimpl
 from emclass2d.jobtypes.base import JobOptions, JobType, NodeSpec, RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
+from emclass2d.nodes.labels import NODE_CLASS2D_DATA, NODE_CLASS2D_OPTIMISER, NODE_PARTICLES
 
-#: RELION 5 node type labels of the Class2D outputs (facts 4.3).
-NODE_CLASS2D_DATA = "ParticleGroupMetadata.star.relion.class2d"
-NODE_CLASS2D_OPTIMISER = "OptimiserData.star.relion.class2d"
 
 
 class Class2DJob(JobType):
@@ -36,7 +34,7 @@ class Class2DJob(JobType):
     def input_nodes(self, options: JobOptions) -> list[NodeSpec]:
         """The particles STAR file (new runs; a continue reads the optimiser.star instead)."""
         assert isinstance(options, Class2DOptions)
-        return [NodeSpec(options.fn_img, "ParticleGroupMetadata.star.relion")] if options.fn_img else []
+        return [NodeSpec(options.fn_img, NODE_PARTICLES)] if options.fn_img else []
 
     def output_nodes(self, options: JobOptions, job_dir: str) -> list[NodeSpec]:
         """data.star and optimiser.star of the last iteration of a new run (as RELION declares)."""

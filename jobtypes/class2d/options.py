@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 from pydantic import TypeAdapter, ValidationError, model_validator
 
 from emclass2d.jobtypes.base import JobOptions, option
-#: Node type of the input particles (RELION 5 label).
-_INPUT_NODE = "ParticleGroupMetadata.star.relion"
+from emclass2d.nodes.labels import NODE_PARTICLES, format_flag
+
 _BOOL = TypeAdapter(bool)
 
 
@@ -27,7 +27,7 @@ class Class2DOptions(JobOptions):
     """Reference-free 2D classification (EM or VDAM)."""
 
     # --- I/O
-    fn_img: str = option("", relion="fn_img", label="Input images STAR file:", node_type=_INPUT_NODE,
+    fn_img: str = option("", relion="fn_img", label="Input images STAR file:", node_type=NODE_PARTICLES,
                          help="particles.star in RELION 3.1+ format (optics + particles tables)")
     fn_cont: str = option("", relion="fn_cont", label="Continue from here:", in_continue=True,
                           help="a run_itNNN_optimiser.star of this job to continue from")
@@ -136,7 +136,7 @@ class Class2DOptions(JobOptions):
         problems: list[str] = []
         if self.do_em == self.do_grad:
             problems.append(
-                f"do_em={_yn(self.do_em)} and do_grad={_yn(self.do_grad)}: choose exactly one algorithm "
+                f"do_em={format_flag(self.do_em)} and do_grad={format_flag(self.do_grad)}: choose exactly one algorithm "
                 "(Use EM algorithm? or Use VDAM algorithm?)")
         if self.do_grad and self.nr_mpi > 1:
             problems.append(f"nr_mpi={self.nr_mpi}: the VDAM algorithm cannot run with more than one MPI process; use threads (nr_threads) or GPUs instead")
@@ -160,5 +160,3 @@ class Class2DOptions(JobOptions):
         return self.nr_iter_em if self.do_em else self.nr_iter_grad
 
 
-def _yn(v: Any) -> str:
-    return "Yes" if v else "No"

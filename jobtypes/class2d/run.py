@@ -51,6 +51,7 @@ from emclass2d.jobtypes.class2d.options import Class2DOptions
 from emclass2d.jobtypes.class2d.outputs import IterationFiles, write_iteration
 from emclass2d.jobtypes.class2d.report import write_convergence_plot
 from emclass2d.nodes import class2d_files as c2f
+from emclass2d.nodes import labels as L
 from emclass2d.nodes.images import ImageReadError
 from emclass2d.nodes.mrc import write_mrcs
 from emclass2d.nodes.particles import ParticleTable, image_source_for, resolve_in_project
@@ -565,8 +566,8 @@ def finish(ctx: RunContext, opts: Class2DOptions, state: RunState, last_it: int)
     except Exception as exc:
         ctx.warn(f"WARNING: class gallery not written: {exc}")
     if ctx.is_continue:
-        ctx.add_output_node(files.data, "ParticleGroupMetadata.star.relion.class2d")
-        ctx.add_output_node(files.optimiser, "OptimiserData.star.relion.class2d")
+        ctx.add_output_node(files.data, L.NODE_CLASS2D_DATA)
+        ctx.add_output_node(files.optimiser, L.NODE_CLASS2D_OPTIMISER)
     pdf = to_host(state.model.pdf_class)
     counts = np.bincount(state.table.particles["rlnClassNumber"].to_numpy().astype(np.int64),
                          minlength=len(pdf) + 1)[1:]

@@ -29,7 +29,7 @@ import pandas as pd
 from emclass2d.core import selection as sel
 from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.gallery import write_gallery, write_html_report
-from emclass2d.jobtypes.select.inputs import Class2DInputError, Class2DIteration, read_class2d_iteration
+from emclass2d.jobtypes.select.inputs import Class2DInputError, SelectionInput, read_selection_input
 from emclass2d.jobtypes.select.model import RankerModel, WeightsError, model_inputs
 from emclass2d.jobtypes.select.options import SelectOptions
 from emclass2d.jobtypes.select.scoring import features_and_scores
@@ -52,7 +52,7 @@ class SelectionResult:
     particle_rows: np.ndarray
 
 
-def decide(it: Class2DIteration, opts: SelectOptions, scores: np.ndarray,
+def decide(it: SelectionInput, opts: SelectOptions, scores: np.ndarray,
            features: list[dict[str, Any] | None]) -> SelectionResult:
     """Apply the score, value and top-up rules; raise :class:`JobFailed` on impossible requests."""
     counts = it.particle_counts
@@ -79,17 +79,17 @@ def decide(it: Class2DIteration, opts: SelectOptions, scores: np.ndarray,
     return SelectionResult(scores, counts, res, keep, rows)
 
 
-def _model_value(it: Class2DIteration, label: str, k: int, default: float) -> float:
+def _model_value(it: SelectionInput, label: str, k: int, default: float) -> float:
     return float(it.classes[label].iloc[k]) if label in it.classes else default
 
 
-def selected_particles(it: Class2DIteration, result: SelectionResult, opts: SelectOptions) -> pd.DataFrame:
+def selected_particles(it: SelectionInput, result: SelectionResult, opts: SelectOptions) -> pd.DataFrame:
     """Selected rows, all columns, input order; groups renumbered compactly (or regrouped)."""
     parts = it.particles.iloc[result.particle_rows].reset_index(drop=True).copy()
     if len(parts) == 0:
         return parts
     if opts.do_regroup:
-        groups_tab = it.model_blocks.get("model_groups")
+        groups_tab = it.groups
         scale: dict[int, float] = {}
         if isinstance(groups_tab, pd.DataFrame) and "rlnGroupScaleCorrection" in groups_tab:
             scale = dict(zip(groups_tab["rlnGroupNumber"].astype(int), groups_tab["rlnGroupScaleCorrection"].astype(float)))
@@ -106,7 +106,7 @@ def selected_particles(it: Class2DIteration, result: SelectionResult, opts: Sele
     return parts
 
 
-def _class_rows(it: Class2DIteration, result: SelectionResult, images: list[str], idx: np.ndarray,
+def _class_rows(it: SelectionInput, result: SelectionResult, images: list[str], idx: np.ndarray,
                 score_label: str) -> pd.DataFrame:
     def col(label: str, default: float) -> list[float]:
         return [_model_value(it, label, int(k), default) for k in idx]
@@ -121,7 +121,7 @@ def _class_rows(it: Class2DIteration, result: SelectionResult, images: list[str]
     })
 
 
-def write_outputs(ctx: RunContext, it: Class2DIteration, result: SelectionResult,
+def write_outputs(ctx: RunContext, it: SelectionInput, result: SelectionResult,
                   features: list[dict[str, Any] | None], particles: pd.DataFrame) -> None:
     """Write every output file of the job (each atomically)."""
     job = ctx.project_dir / ctx.job_dir
@@ -152,7 +152,7 @@ def write_outputs(ctx: RunContext, it: Class2DIteration, result: SelectionResult
                   scores=result.scores, selected=result.selected)
 
 
-def _write_features(job: Path, it: Class2DIteration, result: SelectionResult, features: list[dict[str, Any] | None]) -> None:
+def _write_features(job: Path, it: SelectionInput, result: SelectionResult, features: list[dict[str, Any] | None]) -> None:
     names = sorted({key for f in features if f for key in f})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -169,7 +169,7 @@ def _write_features(job: Path, it: Class2DIteration, result: SelectionResult, fe
             np.save(fh, model_inputs(scored).astype(np.float32))
 
 
-def summary_lines(it: Class2DIteration, result: SelectionResult, n_particles: int) -> list[str]:
+def summary_lines(it: SelectionInput, result: SelectionResult, n_particles: int) -> list[str]:
     """The lines users read first: totals, smallest selected, best rejected."""
     k_sel = np.nonzero(result.selected)[0]
     lines = [f"{n_particles} particles from {k_sel.size} selected classes "
@@ -190,7 +190,7 @@ def _fmt(score: float) -> str:
     return "–" if score == sel.UNSCORED else f"{score:.2f}"
 
 
-def class_table_rows(it: Class2DIteration, result: SelectionResult) -> list[list[str]]:
+def class_table_rows(it: SelectionInput, result: SelectionResult) -> list[list[str]]:
     """Rows (class, particles, %, resolution Å, score, selected) sorted by class distribution."""
     order = np.argsort(-it.class_distribution, kind="stable")
     return [[str(k + 1), str(int(result.counts[k])), f"{100 * it.class_distribution[k]:.2f}",
@@ -207,7 +207,7 @@ def run_select(ctx: RunContext) -> None:
     if not opts.fn_model:
         raise JobFailed("fn_model: give the run_itNNN_optimiser.star of a Class2D job")
     try:
-        it = read_class2d_iteration(opts.fn_model, ctx.project_dir)
+        it = read_selection_input(opts.fn_model, ctx.project_dir)
     except Class2DInputError as exc:
         raise JobFailed(str(exc)) from exc
     ctx.log(f"Read {it.optimiser_path}: {it.nr_classes} classes, {len(it.particles)} particles, "

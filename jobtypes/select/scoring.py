@@ -4,7 +4,7 @@
 iteration: classes with at most 10 particles are not scored; CTF-intact-first-peak runs
 have their averages corrected first; accuracies that were not estimated (999) are given
 5°/8 Å for small classes or re-estimated from the class average (simplified, see
-:func:`emclass2d.core.ranker_features.expected_accuracies`). Particle numbers are the real
+:func:`emclass2d.core.accuracy.class_average_accuracies`). Particle numbers are the real
 counts of rlnClassNumber (RELION uses pdf_class × N).
 
 Cache: features and scores are stored in ``<project>/.emclass2d_cache/select/`` keyed by
@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from emclass2d.core import ranker_features as rf
+from emclass2d.core.accuracy import class_average_accuracies
 from emclass2d.core.ctf import compute_ctf, compute_gamma
 from emclass2d.core.fourier import frequency_grid, irfft2_centered, rfft2_centered
 from emclass2d.core.selection import UNSCORED
-from emclass2d.jobtypes.select.inputs import Class2DIteration
+from emclass2d.jobtypes.select.inputs import SelectionInput
 from emclass2d.jobtypes.select.model import RankerModel, model_inputs, weights_hash
 
 #: Bump when features change, so cached values are recomputed.
@@ -61,25 +62,13 @@ def features_for_class(
     return feats
 
 
-def _ctf_params(it: Class2DIteration, rows: np.ndarray) -> dict[str, Any]:
-    p, optics = it.particles.iloc[rows], it.optics
-    og = p["rlnOpticsGroup"].to_numpy(dtype=int) if "rlnOpticsGroup" in p else np.ones(len(p), dtype=int)
-    table = optics.set_index(optics["rlnOpticsGroup"].astype(int)) if "rlnOpticsGroup" in optics else optics
-
-    def opt(label: str, default: float) -> np.ndarray:
-        if label not in table:
-            return np.full(len(p), default)
-        return table[label].astype(float).reindex(og).fillna(default).to_numpy()
-
-    du = p["rlnDefocusU"].to_numpy(dtype=float)
-    return dict(defocus_u_A=du, defocus_v_A=p["rlnDefocusV"].to_numpy(dtype=float) if "rlnDefocusV" in p else du,
-                defocus_angle_deg=p["rlnDefocusAngle"].to_numpy(dtype=float) if "rlnDefocusAngle" in p else 0.0 * du,
-                voltage_kV=opt("rlnVoltage", 300.0), cs_mm=opt("rlnSphericalAberration", 2.7),
-                amplitude_contrast=opt("rlnAmplitudeContrast", 0.1),
-                phase_shift_deg=p["rlnPhaseShift"].to_numpy(dtype=float) if "rlnPhaseShift" in p else 0.0 * du)
+def _ctf_params(it: SelectionInput, rows: np.ndarray) -> dict[str, Any]:
+    c = it.ctf_parameters(rows)
+    return {k: c[k] for k in ("defocus_u_A", "defocus_v_A", "defocus_angle_deg", "voltage_kV", "cs_mm",
+                              "amplitude_contrast", "phase_shift_deg")}
 
 
-def correct_intact_first_peak(it: Class2DIteration) -> np.ndarray:
+def correct_intact_first_peak(it: SelectionInput) -> np.ndarray:
     """Averages divided by a CTF that is 1 beyond its first peak, clipped below at 0.07.
 
     RELION builds that CTF from the last particle read (a quirk); we use the mean defocus.
@@ -97,7 +86,7 @@ def correct_intact_first_peak(it: Class2DIteration) -> np.ndarray:
     return irfft2_centered(F, it.box_px).astype(np.float32)
 
 
-def _mean_ctf2(it: Class2DIteration, k: int) -> np.ndarray:
+def _mean_ctf2(it: SelectionInput, k: int) -> np.ndarray:
     rows = np.nonzero(it.particles["rlnClassNumber"].to_numpy() == k + 1)[0][:ACCURACY_PARTICLES]
     X, Y = frequency_grid(it.box_px, it.pixel_size_A)
     if "rlnDefocusU" not in it.particles or rows.size == 0:
@@ -106,7 +95,7 @@ def _mean_ctf2(it: Class2DIteration, k: int) -> np.ndarray:
     return np.mean(ctf * ctf, axis=0)
 
 
-def class_features(it: Class2DIteration) -> list[dict[str, Any] | None]:
+def class_features(it: SelectionInput) -> list[dict[str, Any] | None]:
     """Features of every class (``None`` for classes with ≤ 10 particles, never scored)."""
     averages = correct_intact_first_peak(it) if it.intact_first_peak else it.averages
     counts = it.particle_counts
@@ -125,7 +114,7 @@ def class_features(it: Class2DIteration) -> list[dict[str, Any] | None]:
         rot = float(classes["rlnAccuracyRotations"].iloc[k]) if "rlnAccuracyRotations" in classes else 999.0
         trans = float(classes["rlnAccuracyTranslationsAngst"].iloc[k]) if "rlnAccuracyTranslationsAngst" in classes else 999.0
         if (rot > 99 or trans > 99) and counts[k] > 100 and sigma2 is not None:
-            rot, trans = rf.expected_accuracies(averages[k], _mean_ctf2(it, k), sigma2, it.pixel_size_A)
+            rot, trans = class_average_accuracies(averages[k], _mean_ctf2(it, k), sigma2, it.pixel_size_A)
         feats = features_for_class(averages[k], it.pixel_size_A, it.particle_diameter_A,
                                    float(it.class_distribution[k]), float(counts[k]), it.nr_classes, res, rot, trans)
         out.append(feats)
@@ -141,7 +130,7 @@ def score_features(features: list[dict[str, Any] | None], model: RankerModel) ->
     return scores
 
 
-def _cache_key(it: Class2DIteration, weights_file: str | None, project_dir: Path) -> str:
+def _cache_key(it: SelectionInput, weights_file: str | None, project_dir: Path) -> str:
     opt = Path(it.optimiser_path)
     opt = opt if opt.is_absolute() else project_dir / opt
     st = opt.stat()
@@ -152,7 +141,7 @@ def _cache_key(it: Class2DIteration, weights_file: str | None, project_dir: Path
 
 
 def features_and_scores(
-    it: Class2DIteration,
+    it: SelectionInput,
     model: RankerModel,
     weights_file: str | None,
     project_dir: str | os.PathLike[str],

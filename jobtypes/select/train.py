@@ -67,11 +67,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from emclass2d.core.accuracy import class_average_accuracies
 from emclass2d.core.ctf import compute_ctf
 from emclass2d.core.fourier import frequency_grid, irfft2_centered, radial_average, rfft2_centered, shell_index
 from emclass2d.core.mask import solvent_flatten
-from emclass2d.core.ranker_features import (MIN_PARTICLES_SCORED, SMALL_CLASS_ACCURACY, expected_accuracies,
-                                           resolution_from_ssnr)
+from emclass2d.core.ranker_features import MIN_PARTICLES_SCORED, SMALL_CLASS_ACCURACY, resolution_from_ssnr
 from emclass2d.core.simulate import (JUNK_TYPES, Molecule, choose_views, make_round_molecule,
                                      make_symmetric_molecule, simulate_particles)
 from emclass2d.jobtypes.select.model import INPUT_NAMES, RankerModel, model_inputs
@@ -121,7 +121,7 @@ def wiener_class(images: np.ndarray, ctf: np.ndarray, pixel_size_A: float, diame
     avg = solvent_flatten(avg[None].astype(np.float32), 0.5 * diameter_A / pixel_size_A, 5.0)[0]
     ssnr = tau2 * ctf2_shell / sigma2
     res = resolution_from_ssnr(ssnr, n, pixel_size_A)
-    rot, trans = expected_accuracies(avg, s_ctf2 / len(images), sigma2, pixel_size_A)
+    rot, trans = class_average_accuracies(avg, s_ctf2 / len(images), sigma2, pixel_size_A)
     return {"average": avg, "resolution_A": res, "accuracy_rotation_deg": rot, "accuracy_translation_A": trans}
 
 
@@ -281,9 +281,9 @@ def idealised_job(seed: int, fast: bool = False) -> tuple[list[dict[str, Any]], 
 
 def class2d_job(optimiser_star: str, truth_csv: str, project_dir: str = ".") -> tuple[list[dict[str, Any]], list[int], list[str]]:
     """Features and majority-vote labels of the scored classes of a Class2D run on simulated data."""
-    from emclass2d.jobtypes.select.inputs import read_class2d_iteration
+    from emclass2d.jobtypes.select.inputs import read_selection_input
 
-    it = read_class2d_iteration(optimiser_star, project_dir)
+    it = read_selection_input(optimiser_star, project_dir)
     truth = pd.read_csv(truth_csv)
     names = it.particles["rlnImageName"].astype(str)
     if "rlnImageName" in truth:  # the project files' truth: matched by image name

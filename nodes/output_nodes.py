@@ -1,12 +1,12 @@
 """``RELION_OUTPUT_NODES.star``: how a job run by CCP-EM's pipeliner hands over output nodes
-found at run time (RELION reads the same file when a job succeeds, facts 4.3).
+found at run time; RELION reads the same file when a job succeeds and adds its nodes to the pipeline.
 
 Example::
 
     write_output_nodes_file(Path("Class2D/job003/RELION_OUTPUT_NODES.star"),
                             [Node("Class2D/job003/run_ct2_it003_data.star", L.NODE_CLASS2D_DATA)])
     read_output_nodes_file(Path("Class2D/job003/RELION_OUTPUT_NODES.star"))
-    # [('Class2D/job003/run_ct2_it003_data.star', 'ParticleGroupMetadata.star.relion.class2d')]
+    # [Node('Class2D/job003/run_ct2_it003_data.star', 'ParticleGroupMetadata.star.relion.class2d', 1)]
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ def write_output_nodes_file(path: Path, nodes: list[Node]) -> None:
     write_star(path, {L.OUTPUT_NODES_BLOCK: table})
 
 
-def read_output_nodes_file(path: Path) -> list[tuple[str, str]]:
-    """``(name, type label)`` rows; empty if the file is absent or unreadable (logged)."""
+def read_output_nodes_file(path: Path) -> list[Node]:
+    """The nodes listed (depth from rlnPipeLineNodeTypeLabelDepth, else 1); empty if the file is
+    absent or unreadable (logged)."""
     if not path.exists():
         return []
     try:
@@ -41,8 +42,8 @@ def read_output_nodes_file(path: Path) -> list[tuple[str, str]]:
     except StarFileError as exc:
         log.warning("ignoring %s: %s", path, exc)
         return []
-    if table is None:
+    if table is None or isinstance(table, dict) and not table:
         return []
     rows = [table] if isinstance(table, dict) else table.to_dict("records")
-    return [(str(r[L.NODE_NAME]), str(r[L.NODE_TYPE_LABEL])) for r in rows
-            if L.NODE_NAME in r and L.NODE_TYPE_LABEL in r]
+    return [Node(str(r[L.NODE_NAME]), str(r[L.NODE_TYPE_LABEL]), int(r.get(L.NODE_TYPE_LABEL_DEPTH, 1) or 1))
+            for r in rows if L.NODE_NAME in r and L.NODE_TYPE_LABEL in r]
