@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from emclass2d.jobtypes.base import RunContext
     from emclass2d.jobtypes.class2d.options import Class2DOptions
     from emclass2d.jobtypes.class2d.run import make_base_sampling, run_class2d
-    from emclass2d.jobtypes.cmd_simulate import simulate_project_files
+    from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
 
     tmp = None
     if args.project:

@@ -72,13 +72,13 @@ def run_one(args: argparse.Namespace) -> dict:
     last = args.iter_em if args.algo == "em" else args.iter
     stem = project / f"{job}run_it{last:03d}"
     truth = pd.read_csv(project / "Sim/truth.csv")
-    parts = pd.DataFrame(__import__("emclass2d.nodes.star", fromlist=["read_star"]).read_star(
+    parts = pd.DataFrame(__import__("emclass2d.nodes.io.star", fromlist=["read_star"]).read_star(
         f"{stem}_data.star")["particles"])
     cls = dict(zip(parts["rlnImageName"].astype(str), parts["rlnClassNumber"].to_numpy()))
     labels = np.array([cls[n] for n in truth["rlnImageName"].astype(str)])
     good = ~truth["is_junk"].to_numpy()
     from emclass2d.core.metrics import adjusted_rand_index, class_purity, views_found
-    from emclass2d.nodes.class2d_files import read_model_star
+    from emclass2d.nodes.files.class2d import read_model_star
 
     model = read_model_star(f"{stem}_model.star")
     pdf = model.pdf_class
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     project = Path(args.project or tempfile.mkdtemp(prefix="bench_vdam_"))
     project.mkdir(parents=True, exist_ok=True)
     if not (project / "Sim/particles.star").is_file():
-        from emclass2d.jobtypes.cmd_simulate import simulate_project_files
+        from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
 
         t0 = time.perf_counter()
         simulate_project_files("Sim", n=args.n, box=args.box, pixel_size_A=args.pixel_size, n_views=args.views,

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from emclass2d.nodes.labels import NO, YES
+from emclass2d.nodes.graph.labels import NO, YES
 
 
 

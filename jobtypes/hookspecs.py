@@ -15,7 +15,7 @@ Example (a plugin module)::
     def emclass2d_iteration_done(job_dir, iteration, summary):
         print(job_dir, iteration, summary.get("log_likelihood"))
 
-See also: :mod:`emclass2d.jobtypes` (plugin tutorial), :mod:`emclass2d.jobtypes.manager`.
+See also: :mod:`emclass2d.jobtypes` (plugin tutorial), :mod:`emclass2d.jobtypes.registry`.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def emclass2d_register_job_types() -> list[type[JobType]]:
     """Return the job-type classes this plugin provides (subclasses of ``JobType``).
 
-    Called once each time a registry is built (:func:`~emclass2d.jobtypes.manager.get_registry`).
+    Called once each time a registry is built (:func:`~emclass2d.jobtypes.registry.get_registry`).
     Each class needs a ``process_type`` of the form ``<package>.<job>`` (not ``relion.*``),
     a ``directory`` and an ``options_model``; a class failing these checks, or whose label
     another plugin already registered, is listed as unavailable with the reason. Not

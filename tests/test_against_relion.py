@@ -31,8 +31,8 @@ from emclass2d.core.simulate import particle_positions
 from emclass2d.jobtypes.base import RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
 from emclass2d.jobtypes.class2d.run import run_class2d
-from emclass2d.nodes.mrc import read_mrcs
-from emclass2d.nodes.star import read_star
+from emclass2d.nodes.io.mrc import read_mrcs
+from emclass2d.nodes.io.star import read_star
 from fixture_paths import RELION5_CLASS2D
 
 pytestmark = pytest.mark.skipif(not RELION5_CLASS2D.is_dir(), reason="RELION 5 fixtures not found")

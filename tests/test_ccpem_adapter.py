@@ -12,15 +12,15 @@ import pytest
 
 import echo_plugin
 from emclass2d.jobtypes import ccpem
-from emclass2d.nodes.output_nodes import read_output_nodes_file, write_output_nodes_file
-from emclass2d.jobtypes._ccpem_options import joboption_specs, split_node_type, validation_problems
+from emclass2d.nodes.files.output_nodes import read_output_nodes_file, write_output_nodes_file
+from emclass2d.jobtypes.ccpem.options import joboption_specs, split_node_type, validation_problems
 from emclass2d.jobtypes.base import JobOptions, JobType, option
 from emclass2d.jobtypes.class2d import Class2DJob
 from emclass2d.jobtypes.select import SelectClass2DAuto
-from emclass2d.nodes import labels as L
-from emclass2d.nodes.jobstar import JobStar, write_job_star
-from emclass2d.nodes.pipeline import Node
-from emclass2d.nodes.project import Project
+from emclass2d.nodes.graph import labels as L
+from emclass2d.nodes.graph.jobstar import JobStar, write_job_star
+from emclass2d.nodes.graph.pipeline import Node
+from emclass2d.nodes.graph.project import Project
 
 # ----------------------------------------------------------------------------- entry points
 
@@ -28,7 +28,7 @@ from emclass2d.nodes.project import Project
 def test_import_needs_no_pipeliner():
     code = ("import sys, emclass2d.jobtypes.ccpem as c; "
             "assert not any(m == 'pipeliner' or m.startswith('pipeliner.') for m in sys.modules), 'pipeliner imported'; "
-            "assert 'emclass2d.jobtypes.manager' not in sys.modules, 'registry built at import'; "
+            "assert 'emclass2d.jobtypes.registry' not in sys.modules, 'registry built at import'; "
             "print(c.entry_point_value('emclass2d.class2d'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -174,7 +174,7 @@ def _framework_job(tmp_path: Path, options: dict[str, str]) -> tuple[Path, str, 
 
 
 def _exec(project: Path, job_dir: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emclass2d.jobtypes._ccpem_exec", job_dir], cwd=project, env=env,
+    return subprocess.run([sys.executable, "-m", "emclass2d.jobtypes.ccpem.exec", job_dir], cwd=project, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -21,10 +21,10 @@ import pytest
 
 from ccpem_env import ccpem_env  # noqa: F401  (session fixture)
 from fixture_paths import RELION5_CLASS2D
-from emclass2d.nodes import labels as L
-from emclass2d.nodes.jobstar import JobStar, read_job_star, write_job_star
-from emclass2d.nodes.pipeline import read_pipeline
-from emclass2d.nodes.star import read_star
+from emclass2d.nodes.graph import labels as L
+from emclass2d.nodes.graph.jobstar import JobStar, read_job_star, write_job_star
+from emclass2d.nodes.graph.pipeline import read_pipeline
+from emclass2d.nodes.io.star import read_star
 
 pytestmark = [pytest.mark.ccpem, pytest.mark.slow]
 
@@ -80,7 +80,7 @@ def subset_particles(dst: Path, n: int) -> None:
     """The first ``n`` particles of the RELION fixture (stack linked, not copied)."""
     (dst / "particles.mrcs").symlink_to(FIXTURE / "particles.mrcs")
     blocks = read_star(FIXTURE / "particles.star")
-    from emclass2d.nodes.star import write_star
+    from emclass2d.nodes.io.star import write_star
 
     write_star(dst / "particles.star", {"optics": blocks["optics"], "particles": blocks["particles"].iloc[:n]})
 
@@ -184,7 +184,7 @@ def test_overwrite_and_continue_results(workflow):
 
 
 def test_our_reader_reads_pipeliner_graph(workflow):
-    """nodes/pipeline.py reads the pipeliner's default_pipeline.star: same graph."""
+    """nodes/graph/pipeline.py reads the pipeliner's default_pipeline.star: same graph."""
     g = workflow["graph"]
     ours = read_pipeline(workflow["project"] / L.PIPELINE_FILE)
     assert ours.job_counter == g["counter"]

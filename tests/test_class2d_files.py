@@ -10,14 +10,14 @@ import pytest
 import starfile
 
 from fixture_paths import RELION5_CLASS2D
-from emclass2d.nodes.class2d_files import (
+from emclass2d.nodes.files.class2d import (
     OPTIMISER_GENERAL, class_image_name, class_spectrum_table, classes_table, continue_root,
     find_latest_optimiser, groups_table, iteration_root, model_general_block, model_star_blocks,
     optics_noise_table, optimiser_general_block, parse_optimiser_name, read_class2d_iteration,
     read_model_star, read_optimiser_star, write_data_star, write_model_star, write_optimiser_star,
     write_sampling_star,
 )
-from emclass2d.nodes.star import StarFileError, read_star, write_star
+from emclass2d.nodes.io.star import StarFileError, read_star, write_star
 
 FIXTURES = RELION5_CLASS2D
 RUNS = {"em": ("job001", 25), "vdam": ("job002", 100)}

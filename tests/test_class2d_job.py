@@ -22,10 +22,10 @@ import starfile
 from emclass2d.core.backend import cupy_or_none
 from emclass2d.core.center import center_of_mass_positive
 from emclass2d.core.metrics import adjusted_rand_index
-from emclass2d.jobtypes.cmd_simulate import simulate_project_files
-from emclass2d.nodes import labels as L
-from emclass2d.nodes.project import Project
-from emclass2d.nodes.star import read_star, write_star
+from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
+from emclass2d.nodes.graph import labels as L
+from emclass2d.nodes.graph.project import Project
+from emclass2d.nodes.io.star import read_star, write_star
 
 # Data set and job: small enough for CI (2 cores), large enough to show the views.
 N_PARTICLES = 1200
@@ -297,8 +297,8 @@ def test_abort_continue_and_overwrite(project, job):
         for suffix in ("model.star", "data.star", "classes.mrcs"):
             assert (path / f"run_it{it:03d}_{suffix}").is_file()
     # continue from the last written iteration, in-process through the runner
-    from emclass2d.jobtypes.manager import get_registry
-    from emclass2d.jobtypes.runner import execute, prepare_continue
+    from emclass2d.jobtypes.registry import get_registry
+    from emclass2d.jobtypes.running.execute import execute, prepare_continue
 
     prepared = prepare_continue(Project.open(project), get_registry(), job_dir,
                                 {"fn_cont": f"{job_dir}run_it{last:03d}_optimiser.star", "nr_iter_em": "6"},
@@ -356,9 +356,9 @@ def test_numpy_and_cupy_estep_agree(project):
     if cp is None:
         pytest.skip("no GPU: CuPy E-step not compared here")
     from emclass2d.core.estep import expectation_batch, prepare_iteration
-    from emclass2d.jobtypes.class2d.engine import move_to
-    from emclass2d.nodes import class2d_files as c2f
-    from emclass2d.nodes.particles import image_source_for
+    from emclass2d.jobtypes.class2d.particle_stream import move_to
+    from emclass2d.nodes.files import class2d as c2f
+    from emclass2d.nodes.io.particles import image_source_for
     from emclass2d.jobtypes.class2d.run import continue_state, _iteration_setup
     from emclass2d.jobtypes.base import RunContext
     from emclass2d.jobtypes.class2d.options import Class2DOptions

@@ -20,10 +20,10 @@ from emclass2d.jobtypes.base import RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
 from emclass2d.jobtypes.class2d.run import run_class2d
 from emclass2d.jobtypes.class2d.vdam_loop import replace_inactive_class, schedule_for
-from emclass2d.jobtypes.cmd_simulate import simulate_project_files
-from emclass2d.nodes import class2d_files as c2f
-from emclass2d.nodes.mrc import read_complex_stack, read_mrcs
-from emclass2d.nodes.star import read_star
+from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
+from emclass2d.nodes.files import class2d as c2f
+from emclass2d.nodes.io.mrc import read_complex_stack, read_mrcs
+from emclass2d.nodes.io.star import read_star
 
 SMALL = dict(nr_classes=4, particle_diameter=150.0, random_seed=3, psi_sampling=15.0, offset_range=3.0,
              offset_step=1.5, do_em=False, do_grad=True, nr_iter_grad=12, grad_write_iter=4,

@@ -12,10 +12,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import echo_plugin  # noqa: E402
 
-from emclass2d.jobtypes import cli  # noqa: E402
-from emclass2d.nodes import labels as L  # noqa: E402
-from emclass2d.nodes.jobstar import read_job_star  # noqa: E402
-from emclass2d.nodes.project import Project  # noqa: E402
+from emclass2d.jobtypes import cli
+from emclass2d.nodes.graph import labels as L
+from emclass2d.nodes.graph.jobstar import read_job_star  # noqa: E402
+from emclass2d.nodes.graph.project import Project  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import argparse
 
 import pytest
 
-from emclass2d.jobtypes import cmd_demo
-from emclass2d.nodes.pipeline import read_pipeline
+from emclass2d.jobtypes.cli import cmd_demo
+from emclass2d.nodes.graph.pipeline import read_pipeline
 
 
 def _args(tmp_path, **over):

@@ -7,7 +7,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from emclass2d.jobtypes.gallery import write_gallery, write_html_report
+from emclass2d.jobtypes.reports.gallery import write_gallery, write_html_report
 
 
 def _images(k: int = 7, n: int = 32) -> np.ndarray:

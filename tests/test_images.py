@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from fixture_paths import RELION5_CLASS2D
-from emclass2d.nodes.images import ImageReadError, ImageSource, parse_image_name
-from emclass2d.nodes.mrc import write_mrc, write_mrcs
-from emclass2d.nodes.particles import ParticleTable, image_source_for
-from emclass2d.nodes.star import write_star
+from emclass2d.nodes.io.images import ImageReadError, ImageSource, parse_image_name
+from emclass2d.nodes.io.mrc import write_mrc, write_mrcs
+from emclass2d.nodes.io.particles import ParticleTable, image_source_for
+from emclass2d.nodes.io.star import write_star
 
 FIXTURES = RELION5_CLASS2D
 

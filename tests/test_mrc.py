@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fixture_paths import RELION5_CLASS2D
-from emclass2d.nodes.mrc import (
+from emclass2d.nodes.io.mrc import (
     MrcFileError, read_complex_stack, read_mrc, read_mrcs, write_complex_stack, write_mrc, write_mrcs,
 )
 

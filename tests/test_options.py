@@ -9,8 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import echo_plugin  # noqa: E402
 
-from emclass2d.jobtypes._tokens import TokenError, parse_job_tokens  # noqa: E402
-from emclass2d.jobtypes.runner import OptionsError, allowed_text, validate_options  # noqa: E402
+from emclass2d.jobtypes.cli.tokens import TokenError, parse_job_tokens  # noqa: E402
+from emclass2d.jobtypes.running.execute import OptionsError, allowed_text, validate_options  # noqa: E402
 
 JOB = echo_plugin.EchoJob()
 
@@ -102,7 +102,7 @@ def test_relion4_job_star_iterations(relion4, algorithm, iterations):
 
 def test_relion4_iterations_through_the_command_line_path():
     """`emclass2d run --job-star` of a RELION 4.0 job.star goes through validate_options."""
-    from emclass2d.jobtypes.manager import get_registry
+    from emclass2d.jobtypes.registry import get_registry
 
     class2d = get_registry().get("emclass2d.class2d")
     opts = validate_options(class2d, {"fn_img": "p.star", "nr_iter": "100", "do_grad": "Yes"})

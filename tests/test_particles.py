@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from fixture_paths import RELION5_CLASS2D
-from emclass2d.nodes.particles import ParticleTable, group_name_from_micrograph
-from emclass2d.nodes.star import StarFileError, read_star, write_star
+from emclass2d.nodes.io.particles import ParticleTable, group_name_from_micrograph
+from emclass2d.nodes.io.star import StarFileError, read_star, write_star
 
 FIXTURES = RELION5_CLASS2D
 PARTICLES = FIXTURES / "particles.star"

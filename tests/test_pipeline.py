@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from emclass2d.nodes import labels as L
-from emclass2d.nodes.jobstar import JobStar, read_job_star, write_job_star
-from emclass2d.nodes.pipeline import Node, Pipeline, Process, read_pipeline, write_pipeline
-from emclass2d.nodes.star import StarFileError
+from emclass2d.nodes.graph import labels as L
+from emclass2d.nodes.graph.jobstar import JobStar, read_job_star, write_job_star
+from emclass2d.nodes.graph.pipeline import Node, Pipeline, Process, read_pipeline, write_pipeline
+from emclass2d.nodes.io.star import StarFileError
 
 # Hand-written from relion-facts §4.2/§4.3 in RELION 5's exact layout.
 RELION5 = """

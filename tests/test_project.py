@@ -13,14 +13,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import echo_plugin  # noqa: E402
 
 from emclass2d.jobtypes import hookimpl  # noqa: E402
-from emclass2d.jobtypes.manager import get_plugin_manager, get_registry  # noqa: E402
-from emclass2d.jobtypes.runner import (RunError, execute, prepare_continue, prepare_new,  # noqa: E402
+from emclass2d.jobtypes.registry import get_plugin_manager, get_registry  # noqa: E402
+from emclass2d.jobtypes.running.execute import (RunError, execute, prepare_continue, prepare_new,  # noqa: E402
                                        prepare_overwrite, run_new)
-from emclass2d.nodes import labels as L  # noqa: E402
-from emclass2d.nodes.jobstar import read_job_star  # noqa: E402
-from emclass2d.nodes.lock import LockTimeout, PipelineLock  # noqa: E402
-from emclass2d.nodes.pipeline import Node, Process  # noqa: E402
-from emclass2d.nodes.project import Project, ProjectError  # noqa: E402
+from emclass2d.nodes.graph import labels as L
+from emclass2d.nodes.graph.jobstar import read_job_star  # noqa: E402
+from emclass2d.nodes.graph.lock import LockTimeout, PipelineLock  # noqa: E402
+from emclass2d.nodes.graph.pipeline import Node, Process  # noqa: E402
+from emclass2d.nodes.graph.project import Project, ProjectError  # noqa: E402
 
 
 @pytest.fixture

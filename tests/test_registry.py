@@ -15,10 +15,10 @@ import echo_plugin  # noqa: E402
 
 from emclass2d.jobtypes import hookimpl, hookspecs  # noqa: E402
 from emclass2d.jobtypes.base import JobOptions, JobType, option  # noqa: E402
-from emclass2d.jobtypes.manager import UnknownJobType, get_plugin_manager, get_registry  # noqa: E402
-from emclass2d.jobtypes.runner import run_new  # noqa: E402
-from emclass2d.nodes import labels as L  # noqa: E402
-from emclass2d.nodes.project import Project  # noqa: E402
+from emclass2d.jobtypes.registry import UnknownJobType, get_plugin_manager, get_registry  # noqa: E402
+from emclass2d.jobtypes.running.execute import run_new  # noqa: E402
+from emclass2d.nodes.graph import labels as L
+from emclass2d.nodes.graph.project import Project  # noqa: E402
 
 HOOKS = sorted(name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("emclass2d_"))
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from fixture_paths import RELION5_CLASS2D
-from emclass2d.jobtypes import cmd_classes
+from emclass2d.jobtypes.cli import cmd_classes
 from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.select import SelectClass2DAuto
 from emclass2d.jobtypes.select.options import SelectOptions
 from emclass2d.jobtypes.select.run import run_select
-from emclass2d.nodes.star import read_star
+from emclass2d.nodes.io.star import read_star
 
 FIXTURES = RELION5_CLASS2D
 EM_OPT = "Class2D/job001/run_it025_optimiser.star"
@@ -222,7 +222,7 @@ def test_end_to_end_on_simulated_class2d(tmp_path, monkeypatch):
     import pandas as pd
 
     from emclass2d.jobtypes.class2d.options import Class2DOptions
-    from emclass2d.jobtypes.cmd_simulate import simulate_project_files
+    from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
 
     proj = tmp_path
     monkeypatch.chdir(proj)  # a job runs in its project directory

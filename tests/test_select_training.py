@@ -10,8 +10,8 @@ from scipy import ndimage
 
 from emclass2d.core.simulate import make_round_molecule, make_symmetric_molecule, simulate_particles
 from emclass2d.jobtypes.select.model import ROTATION_ACCURACY_CAP_DEG, RankerModel, model_inputs
-from emclass2d.jobtypes.select.train import class2d_job, fit_platt, idealised_job, source_of, split_jobs
-from emclass2d.nodes.star import read_star
+from train_ranker import class2d_job, fit_platt, idealised_job, source_of, split_jobs
+from emclass2d.nodes.io.star import read_star
 from fixture_paths import RELION5_CLASS2D
 
 FIXTURES = RELION5_CLASS2D

@@ -16,9 +16,9 @@ from emclass2d.core.simulate import (
     project_atoms,
     simulate_particles,
 )
-from emclass2d.jobtypes.cmd_simulate import simulate_project_files
-from emclass2d.nodes.mrc import read_mrcs
-from emclass2d.nodes.star import read_star
+from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
+from emclass2d.nodes.io.mrc import read_mrcs
+from emclass2d.nodes.io.star import read_star
 
 CLEAN = dict(snr=None, apply_ctf=False, normalise=False)
 

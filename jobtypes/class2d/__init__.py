@@ -17,7 +17,7 @@ from __future__ import annotations
 from emclass2d.jobtypes import hookimpl
 from emclass2d.jobtypes.base import JobOptions, JobType, NodeSpec, RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
-from emclass2d.nodes.labels import NODE_CLASS2D_DATA, NODE_CLASS2D_OPTIMISER, NODE_PARTICLES
+from emclass2d.nodes.graph.labels import NODE_CLASS2D_DATA, NODE_CLASS2D_OPTIMISER, NODE_PARTICLES
 
 
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from pydantic import TypeAdapter, ValidationError, model_validator
 
 from emclass2d.jobtypes.base import JobOptions, option
-from emclass2d.nodes.labels import NODE_PARTICLES, format_flag
+from emclass2d.nodes.graph.labels import NODE_PARTICLES, format_flag
 
 _BOOL = TypeAdapter(bool)
 

@@ -1,7 +1,7 @@
 """Write one Class2D iteration as RELION does: classes.mrcs and model/data/optimiser/sampling STAR.
 
 Maps the core's :class:`~emclass2d.core.model.Model` (host copy) and the particle table onto
-the label schemas of :mod:`emclass2d.nodes.class2d_files`. Unit conversions happen here:
+the label schemas of :mod:`emclass2d.nodes.files.class2d`. Unit conversions happen here:
 rlnCurrentResolution is written in Å, rlnClassPriorOffsetX/Y as Å × class fraction (RELION's
 stored quantity), rlnSigmaOffsetsAngst as sqrt(sigma2_offset).
 
@@ -21,9 +21,9 @@ import numpy as np
 
 from emclass2d.core.backend import to_host
 from emclass2d.core.model import Model
-from emclass2d.nodes import class2d_files as c2f
-from emclass2d.nodes.mrc import write_mrcs, write_complex_stack
-from emclass2d.nodes.particles import ParticleTable
+from emclass2d.nodes.files import class2d as c2f
+from emclass2d.nodes.io.mrc import write_mrcs, write_complex_stack
+from emclass2d.nodes.io.particles import ParticleTable
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _h(a: Any) -> np.ndarray:
 
 def model_star_tables(model: Model, table: ParticleTable, files: IterationFiles, with_moments: bool = False,
                       orientability: np.ndarray | None = None) -> dict[str, Any]:
-    """Arguments of :func:`~emclass2d.nodes.class2d_files.write_model_star` for ``model``."""
+    """Arguments of :func:`~emclass2d.nodes.files.class2d.write_model_star` for ``model``."""
     pdf = _h(model.pdf_class)
     prior = _h(model.prior_offset_A) * pdf[:, None]  # RELION stores Å × class fraction
     k = pdf.size

@@ -44,18 +44,18 @@ from emclass2d.core.model import Model, Settings
 from emclass2d.core.mstep import maximization
 from emclass2d.core.resolution import default_ini_high_A, image_sizes, initial_resolution, update_current_resolution
 from emclass2d.core.sampling import Sampling, make_sampling, perturbation_for_iteration, with_perturbation
-from emclass2d.jobtypes._progress import format_duration
+from emclass2d.jobtypes.running.streams import format_duration
 from emclass2d.jobtypes.base import JobFailed, RunContext
-from emclass2d.jobtypes.class2d.engine import Engine, ParticleResultsHost, move_to
+from emclass2d.jobtypes.class2d.particle_stream import ParticleStream, ParticleResultsHost, move_to
 from emclass2d.jobtypes.class2d.options import Class2DOptions
 from emclass2d.jobtypes.class2d.outputs import IterationFiles, write_iteration
-from emclass2d.jobtypes.class2d.report import write_convergence_plot
-from emclass2d.nodes import class2d_files as c2f
-from emclass2d.nodes import labels as L
-from emclass2d.nodes.images import ImageReadError
-from emclass2d.nodes.mrc import write_mrcs
-from emclass2d.nodes.particles import ParticleTable, image_source_for, resolve_in_project
-from emclass2d.nodes.star import StarFileError
+from emclass2d.jobtypes.reports.convergence import write_convergence_plot
+from emclass2d.nodes.files import class2d as c2f
+from emclass2d.nodes.graph import labels as L
+from emclass2d.nodes.io.images import ImageReadError
+from emclass2d.nodes.io.mrc import write_mrcs
+from emclass2d.nodes.io.particles import ParticleTable, image_source_for, resolve_in_project
+from emclass2d.nodes.io.star import StarFileError
 
 #: RELION's initial sigma of the offset prior (``--offset`` 10 Å).
 INITIAL_SIGMA_OFFSET_A = 10.0
@@ -322,7 +322,7 @@ def continue_state(ctx: RunContext, opts: Class2DOptions) -> RunState:
 def run_em(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: list[str]) -> None:
     """EM iterations ``state.start_iteration … nr_iter_em`` (RELION ``MlOptimiser::iterate``)."""
     table, settings = state.table, state.settings
-    engine = make_engine(ctx, opts, table, devices)
+    stream = make_particle_stream(ctx, opts, table, devices)
     nr_iter = int(opts.nr_iter_em)
     if state.start_iteration > nr_iter:
         raise JobFailed(f"Number of EM iterations ({nr_iter}) must exceed the iteration continued from "
@@ -333,7 +333,7 @@ def run_em(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: list
         t0 = time.monotonic()
         ctx.check_abort()
         model, sampling = _iteration_setup(state, opts, it)
-        stats, results, setup = engine.expectation(model, settings, sampling, it, all_particles)
+        stats, results, setup = stream.expectation(model, settings, sampling, it, all_particles)
         model = move_to(maximization(move_to(model, devices[0]), stats, setup.tau2, settings), "cpu")
         model = _after_maximization(ctx, opts, state, model, it, write_unmasked=True)
         model = estimate_accuracies(state, model, it, devices[0])
@@ -363,13 +363,13 @@ def record_iteration(state: RunState, summary: dict[str, Any], it: int, nr_iter:
     return elapsed, eta
 
 
-def make_engine(ctx: RunContext, opts: Class2DOptions, table: ParticleTable, devices: list[str]) -> Engine:
+def make_particle_stream(ctx: RunContext, opts: Class2DOptions, table: ParticleTable, devices: list[str]) -> ParticleStream:
     """The particle streamer with the batch size from the options (0 = from the memory budget)."""
     n = table.box_size
     budget = int(opts.memory_budget_mb * 1024 * 1024)
     batch = int(opts.batch_size) or int(min(2048, max(64, budget // max(64 * n * n * 4, 1))))
     images = image_source_for(table, ctx.project_dir)
-    return Engine(table, images, devices, batch, budget, with_ctf=bool(opts.do_ctf_correction),
+    return ParticleStream(table, images, devices, batch, budget, with_ctf=bool(opts.do_ctf_correction),
                   preread=bool(opts.do_preread_images), check_abort=ctx.check_abort, progress=ctx.progress)
 
 
@@ -579,7 +579,7 @@ def finish(ctx: RunContext, opts: Class2DOptions, state: RunState, last_it: int)
 
 
 def _write_gallery(ctx: RunContext, state: RunState, files: IterationFiles) -> None:
-    from emclass2d.jobtypes.gallery import write_gallery  # noqa: PLC0415
+    from emclass2d.jobtypes.reports.gallery import write_gallery  # noqa: PLC0415
 
     model = state.model
     refs = np.asarray(to_host(model.references))

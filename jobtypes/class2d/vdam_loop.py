@@ -20,7 +20,7 @@ One iteration is one mini-batch (RELION ``--grad``, GUI "Use VDAM algorithm? Yes
 
 The last mini-batch is the whole data set (fresh assignments for every particle, μ = 0);
 ``grad_em_iters`` trailing iterations are plain EM over all particles. Memory is bounded
-by the largest mini-batch: the engine reads its particles in batches from the stacks.
+by the largest mini-batch: the particle stream reads its particles in batches from the stacks.
 
 A run continued from any written iteration reads the moments back from the moment stacks
 and the schedule from the iteration number, and reproduces the uninterrupted run up to
@@ -61,15 +61,15 @@ from emclass2d.core.vdam import (VdamState, centring_min_shift_px, choose_class_
                                  padded_size, reconstruct_grad, replace_class, shift_first_moments, update_moments)
 from emclass2d.core.vdam_schedule import VdamSchedule, make_vdam_schedule, minibatch_indices
 from emclass2d.jobtypes.base import JobFailed, RunContext
-from emclass2d.jobtypes.class2d.engine import move_to
+from emclass2d.jobtypes.class2d.particle_stream import move_to
 from emclass2d.jobtypes.class2d.options import Class2DOptions
-from emclass2d.jobtypes._progress import format_duration
+from emclass2d.jobtypes.running.streams import format_duration
 from emclass2d.jobtypes.class2d.run import (RunState, _after_maximization, _iteration_setup, _update_particles,
                                             estimate_accuracies, record_iteration,
-                                            _write, finish, make_engine)
-from emclass2d.nodes import class2d_files as c2f
-from emclass2d.nodes.mrc import read_complex_stack
-from emclass2d.nodes.particles import resolve_in_project
+                                            _write, finish, make_particle_stream)
+from emclass2d.nodes.files import class2d as c2f
+from emclass2d.nodes.io.mrc import read_complex_stack
+from emclass2d.nodes.io.particles import resolve_in_project
 
 #: ``--grad_min_resol`` as RELION stores it (parsed, unused: facts 3.10).
 GRAD_MIN_RESOL_A = 20.0
@@ -229,7 +229,7 @@ def run_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: li
     state.model = replace(state.model, tau2_fudge=float(sched.tau2_fudge_at(start)))
     _write_vdam(ctx, opts, state, sched, start, vstate)
 
-    engine = make_engine(ctx, opts, table, devices)
+    stream = make_particle_stream(ctx, opts, table, devices)
     t_start = time.monotonic()
     for it in range(state.start_iteration, nr_iter + 1):
         t0 = time.monotonic()
@@ -241,7 +241,7 @@ def run_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: li
         indices = minibatch_indices(table.n_particles, subset, state.random_seed, it, table.optics_index)
         model, sampling = _iteration_setup(state, opts, it)
         model = replace(model, tau2_fudge=float(t_fudge))
-        stats, results, setup = engine.expectation(model, settings, sampling, it, indices,
+        stats, results, setup = stream.expectation(model, settings, sampling, it, indices,
                                                    accumulate_residual=do_grad, split_halves=do_grad)
         pair = None
         if do_grad:

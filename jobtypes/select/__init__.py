@@ -14,7 +14,7 @@ from __future__ import annotations
 from emclass2d.jobtypes import hookimpl
 from emclass2d.jobtypes.base import JobOptions, JobType, NodeSpec, RunContext
 from emclass2d.jobtypes.select.options import SelectOptions
-from emclass2d.nodes.labels import NODE_CLASS_AVERAGES, NODE_PARTICLES, NODE_SELECT_OPTIMISER, PROCESS_SELECT_AUTO
+from emclass2d.nodes.graph.labels import NODE_CLASS_AVERAGES, NODE_PARTICLES, NODE_SELECT_OPTIMISER, PROCESS_SELECT_AUTO
 
 
 class SelectClass2DAuto(JobType):

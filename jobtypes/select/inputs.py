@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from emclass2d.core.selection import count_particles
-from emclass2d.nodes import class2d_files as c2f
-from emclass2d.nodes.labels import parse_flag
-from emclass2d.nodes.star import StarFileError
+from emclass2d.nodes.files import class2d as c2f
+from emclass2d.nodes.graph.labels import parse_flag
+from emclass2d.nodes.io.star import StarFileError
 
 
 class Class2DInputError(ValueError):
@@ -37,7 +37,7 @@ class Class2DInputError(ValueError):
 class SelectionInput:
     """One Class2D iteration as selection sees it (arrays indexed by class k = number−1).
 
-    ``iteration`` is what :func:`emclass2d.nodes.class2d_files.read_class2d_iteration` read;
+    ``iteration`` is what :func:`emclass2d.nodes.files.class2d.read_class2d_iteration` read;
     the rest is checked and derived here.
     """
 
@@ -112,7 +112,7 @@ class SelectionInput:
 def read_selection_input(optimiser_star: str | os.PathLike[str], project_dir: str | os.PathLike[str] = ".") -> SelectionInput:
     """Read an optimiser.star and what it points to; refuses 3D runs and unreadable files.
 
-    The files are read by :func:`emclass2d.nodes.class2d_files.read_class2d_iteration`;
+    The files are read by :func:`emclass2d.nodes.files.class2d.read_class2d_iteration`;
     this adds the checks and the per-class view that selection needs.
     """
     project_dir = Path(project_dir)

@@ -5,7 +5,7 @@ scale-free image and size statistics (:data:`EXTRA_INPUTS`). The network is one 
 tanh layer and a logistic output; a Platt calibration fitted on held-out classes maps its
 logit to a probability that the class is good, so among classes scored ``s`` about a
 fraction ``s`` are good. Weights live in a small ``.npz`` (:data:`DEFAULT_WEIGHTS` ships
-with the package); :mod:`emclass2d.jobtypes.select.train` writes new ones.
+with the package); :mod:`emclass2d.tools.train_ranker` writes new ones.
 
 Example::
 
@@ -123,7 +123,7 @@ class RankerModel:
         p = Path(path) if path else DEFAULT_WEIGHTS
         if not p.is_file():
             raise WeightsError(f"{p}: class score weights not found"
-                               + ("" if path else " (train them: python -m emclass2d.jobtypes.select.train --out "
+                               + ("" if path else " (train them: python -m emclass2d.tools.train_ranker --out "
                                   f"{DEFAULT_WEIGHTS})"))
         try:
             with np.load(p, allow_pickle=False) as z:
@@ -134,7 +134,7 @@ class RankerModel:
             raise WeightsError(f"{p}: not a class score weights file ({exc})") from exc
         if names != INPUT_NAMES:
             raise WeightsError(f"{p}: weights were trained on other inputs ({len(names)} named inputs); "
-                               "retrain with python -m emclass2d.jobtypes.select.train")
+                               "retrain with python -m emclass2d.tools.train_ranker")
         return model
 
 

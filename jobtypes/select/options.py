@@ -20,7 +20,7 @@ from __future__ import annotations
 from pydantic import model_validator
 
 from emclass2d.jobtypes.base import JobOptions, option
-from emclass2d.nodes.labels import NODE_CLASS2D_OPTIMISER
+from emclass2d.nodes.graph.labels import NODE_CLASS2D_OPTIMISER
 
 #: Default approximate number of groups when regrouping (RELION's GUI default of 1 is a slip).
 DEFAULT_NR_GROUPS = 20
@@ -70,7 +70,7 @@ class SelectOptions(JobOptions):
     max_score: float = option(1.0, relion="max_score", label="Maximum score for auto-selection:", ge=0.0, le=1.0,
                               help="classes scoring above this are rejected (e.g. to isolate doubtful classes)")
     fn_weights: str = option("", relion="fn_weights", label="Class score weights file:",
-                             help="a .npz written by emclass2d.jobtypes.select.train; empty: the shipped weights")
+                             help="a .npz written by emclass2d.tools.train_ranker; empty: the shipped weights")
     select_classes: str = option("", relion="select_classes", label="OR: select these class numbers:",
                                  help='e.g. "1,3,5-8"; replaces the score and value rules')
     min_class_distribution: float = option(-1.0, relion="min_class_distribution",

@@ -28,14 +28,14 @@ import pandas as pd
 
 from emclass2d.core import selection as sel
 from emclass2d.jobtypes.base import JobFailed, RunContext
-from emclass2d.jobtypes.gallery import write_gallery, write_html_report
+from emclass2d.jobtypes.reports.gallery import write_gallery, write_html_report
 from emclass2d.jobtypes.select.inputs import Class2DInputError, SelectionInput, read_selection_input
 from emclass2d.jobtypes.select.model import RankerModel, WeightsError, model_inputs
 from emclass2d.jobtypes.select.options import SelectOptions
 from emclass2d.jobtypes.select.scoring import features_and_scores
-from emclass2d.nodes.atomic import atomic_path, write_text_atomic
-from emclass2d.nodes.mrc import write_mrcs
-from emclass2d.nodes.star import write_star
+from emclass2d.nodes.io.atomic import atomic_path, write_text_atomic
+from emclass2d.nodes.io.mrc import write_mrcs
+from emclass2d.nodes.io.star import write_star
 
 #: Columns of the per-class features file, before the feature names.
 _FEATURE_HEAD = ("class", "particles", "class_distribution", "score", "selected")
