@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     from emclass2d.core.sampling import perturbation_for_iteration, with_perturbation
     from emclass2d.jobtypes.base import RunContext
     from emclass2d.jobtypes.class2d.options import Class2DOptions
-    from emclass2d.jobtypes.class2d.run import make_base_sampling, run_class2d
+    from emclass2d.jobtypes.class2d.run import run_class2d
+    from emclass2d.jobtypes.class2d.start import make_base_sampling
     from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
 
     tmp = None

@@ -80,7 +80,7 @@ def run_regime(args, xp, regime: str) -> dict:
     sigma2 = np.full((1, n // 2 + 1), noise_sd ** 2 / (2 * n * n))
     if regime == "flat":
         # iteration 1: references from random subsets, noise estimated from the particles
-        # (signal included), current size from ini_high (facts 2.10, 2.11)
+        # (signal included), current size from ini_high (RELION's ``MlOptimiser::updateCurrentResolution``, ``MlOptimiser::initialise``)
         # (from particles other than the timed ones: no self-correlation peak), low-passed
         # at ini_high as RELION's initial references
         refs = random_subset_averages(synthetic(n, k, 25 * k, px, seed=1, snr=args.snr)[1], k)
@@ -97,7 +97,7 @@ def run_regime(args, xp, regime: str) -> dict:
         model, references=xp.asarray(refs), current_size=cur, coarse_size=coarse,
         sigma2_noise=xp.asarray(sigma2 * args.sigma2_scale),
         data_vs_prior=xp.asarray(np.where(np.arange(n // 2 + 1) < cur // 4, 5.0, 0.5)[None].repeat(k, 0)))
-    # GUI defaults: --ctf --norm --scale --zero_mask (facts 4.7)
+    # GUI defaults: --ctf --norm --scale --zero_mask (RELION's ``RelionJob::initialiseClass2DJob``)
     settings = Settings(do_ctf=True, do_norm=True, do_scale=True, zero_mask=not args.noise_mask,
                         particle_diameter_A=diameter, random_seed=1)
     samp = make_sampling(args.psi_step, args.offset_range, args.offset_step, args.oversampling,

@@ -52,7 +52,8 @@ def _options(args: argparse.Namespace, algo: str):
 def run_one(args: argparse.Namespace) -> dict:
     """Run one algorithm in this process (cwd = project); return its figures as a dict."""
     from emclass2d.jobtypes.base import RunContext
-    from emclass2d.jobtypes.class2d.run import make_base_sampling, run_class2d
+    from emclass2d.jobtypes.class2d.run import run_class2d
+    from emclass2d.jobtypes.class2d.start import make_base_sampling
 
     project = Path(args.project)
     os.chdir(project)

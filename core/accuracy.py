@@ -1,4 +1,4 @@
-"""Expected orientation accuracy of each class (rlnAccuracyRotations / rlnAccuracyTranslationsAngst, facts 2.13).
+"""Expected orientation accuracy of each class (rlnAccuracyRotations / rlnAccuracyTranslationsAngst, RELION's ``MlOptimiser::calculateExpectedAngularErrors``).
 
 For a few particles (their CTF, group scale and noise spectrum) and each populated class,
 the class is projected at a trial psi ``psi0`` and compared with a copy that is rotated
@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from emclass2d.core.backend import array_module, to_host
 from emclass2d.core.fourier import rfft2_centered, shell_index
-from emclass2d.core.estep import pixel_set
+from emclass2d.core.estep.pixels import pixel_set
 from emclass2d.core.projector import make_projector, project
 
 #: χ² quantile of p = 0.01 for two degrees of freedom, -ln(0.01) (RELION's threshold).

@@ -44,26 +44,10 @@ def gpu_available() -> bool:
     return cupy_or_none() is not None
 
 
-def parse_gpu_ids(gpu_ids: str) -> list[int]:
-    """Parse RELION's "Which GPUs to use" string into device ids.
-
-    ``""`` means every visible device; ``"0,1,2,3"`` or ``"0:1"`` (RELION separates MPI
-    ranks with ':') list devices. Duplicates are removed, order kept.
-    """
-    text = gpu_ids.strip().strip('"')
-    if not text:
-        cp = cupy_or_none()
-        return list(range(cp.cuda.runtime.getDeviceCount())) if cp is not None else []
-    ids: list[int] = []
-    for part in text.replace(":", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if not part.isdigit():
-            raise ValueError(f"gpu_ids: '{gpu_ids}' is not a list of device numbers like '0,1,2,3'")
-        if int(part) not in ids:
-            ids.append(int(part))
-    return ids
+def gpu_count() -> int:
+    """Number of visible CUDA devices (0 without CuPy or a device)."""
+    cp = cupy_or_none()
+    return int(cp.cuda.runtime.getDeviceCount()) if cp is not None else 0
 
 
 def get_xp(device: str = "cpu") -> ModuleType:

@@ -1,4 +1,4 @@
-"""Centring of class averages and sub-pixel image warps (facts 2.9, 6.3).
+"""Centring of class averages and sub-pixel image warps (RELION's ``MlOptimiser::centerClasses``, ``shiftImageInFourierTransform``).
 
 Coordinates are RELION's logical ones: ``x`` = column, ``y`` = row, origin at array element
 ``N//2``. A translation by ``t`` means ``out(r) = in(r - t)`` (content moves by ``+t``),

@@ -1,4 +1,4 @@
-"""Contrast transfer function with RELION's conventions (facts 6.1).
+"""Contrast transfer function with RELION's conventions (``CTF::getCTF``).
 
 CTF = -sin(gamma)·exp(-B·u²/4)·scale, with
 gamma = -π·λ·Δf(θ)·u² + (π/2)·Cs·λ³·u⁴ - φ_p - atan(Q0/sqrt(1-Q0²)).

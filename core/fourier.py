@@ -6,7 +6,7 @@ FFTW layout (rows wrapped: row ``i`` has frequency ``i`` for ``i <= N/2`` else `
 column ``j`` has frequency ``j``), forward transform divided by ``N*N`` and phase-centred
 on the box centre (RELION's ``CenterFFTbySign``), inverse unscaled. With that scale white
 real-space noise of variance ``s2`` has ``E|F|^2 = s2/N^2``, i.e. sigma2_noise per complex
-component ``s2/(2 N^2)`` (facts 6.4).
+component ``s2/(2 N^2)`` (RELION's ``FourierTransformer``).
 
 Example::
 

@@ -1,6 +1,6 @@
 """Start of a reference-free run: initial noise spectra, blob references, tau2 at it000.
 
-Follows RELION's initialisation (facts 2.11): the first ``nr_parts_sigma2noise`` particles
+Follows RELION's initialisation (``MlOptimiser::initialise``): the first ``nr_parts_sigma2noise`` particles
 of each optics group (micrograph-sorted order) give the noise spectrum, sigma2 =
 (mean of per-image power spectra - power spectrum of the average image)/2; the same
 particles, CTF-weighted and randomly rotated, give a low-passed stage-2 reference per
@@ -234,7 +234,7 @@ def rotated_defocus_angle(defocus_angle_deg: Any, psi_deg: Any) -> Any:
 def stage2_references(sums: ReferenceSums, ini_high_A: float, pixel_size_A: float) -> Any:
     """Stage-1 reconstruction sum/weight, low-passed at ini_high (stage 2); (K, N, N) float32.
 
-    As RELION's unregularised reconstruction (facts 2.8, 2.11): data / max(weight,
+    As RELION's unregularised reconstruction (``MlOptimiser::maximization``, ``MlOptimiser::initialise``): data / max(weight,
     shell-mean weight/1000), so the low frequencies keep the full CTF-corrected amplitude
     (the stage-2 standard deviation sets the scale of the blob references). Only shells
     within radius round(N·px/ini_high)//2 are kept: RELION sizes this accumulator with

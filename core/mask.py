@@ -1,4 +1,4 @@
-"""Soft circular masks as RELION applies them to particles and class averages (facts 2.2, 2.9).
+"""Soft circular masks as RELION applies them to particles and class averages (``MlOptimiser::getFourierTransformsAndCtfs``, ``MlOptimiser::centerClasses``).
 
 Example::
 

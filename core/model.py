@@ -1,4 +1,4 @@
-"""Model state and algorithm switches of 2D classification (facts 1.6, 2.1-2.8).
+"""Model state and algorithm switches of 2D classification (RELION's ``MlModel::write``, ``MlOptimiser::expectation``, ``MlOptimiser::maximization``).
 
 :class:`Model` is frozen; each M-step returns a new one (``dataclasses.replace``). Arrays
 live on one device (numpy or cupy). :class:`Settings` holds the switches that do not change

@@ -1,4 +1,4 @@
-"""M-step of 2D classification: class averages (MAP Wiener filter) and other parameters (facts 2.8).
+"""M-step of 2D classification: class averages (MAP Wiener filter) and other parameters (RELION's ``MlOptimiser::maximization``).
 
 The per-(class, fine psi) Fourier sums of the E-step are back-rotated into padded grids
 once (:func:`back_rotate_stats`), then each class is reconstructed with the Wiener
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from emclass2d.core.backend import array_module, to_host
-from emclass2d.core.estep import BatchStats
+from emclass2d.core.stats import BatchStats
 from emclass2d.core.fourier import frequency_indices, irfft2_centered, shell_index
 from emclass2d.core.mask import mask_particles
 from emclass2d.core.model import Model, Settings
@@ -112,7 +112,7 @@ def ssnr_arrays(weight: Any, tau2: Any, tau2_fudge: float, padding_factor: int, 
 
 def wiener_reconstruct(data: Any, weight: Any, tau2: Any, tau2_fudge: float, padding_factor: int, box: int,
                        r_max: int, minres_map: int = 5) -> Any:
-    """Real-space (N, N) float64 class average from one class's padded grids (facts 2.8)."""
+    """Real-space (N, N) float64 class average from one class's padded grids (RELION's ``MlOptimiser::maximization``)."""
     xp = array_module(data)
     inside, ires = _grid_shells(box, padding_factor, r_max, xp)
     nsh = box // 2 + 1
@@ -179,7 +179,7 @@ def _fill_zero_shells(s2: np.ndarray) -> np.ndarray:
 
 
 def maximization_other_parameters(model: Model, stats: BatchStats, settings: Settings, mu: float = 0.0) -> Model:
-    """pdf_class, class offsets, sigma2_offset, sigma2_noise, norm, scale, LL, Pmax (facts 2.8, 3.6).
+    """pdf_class, class offsets, sigma2_offset, sigma2_noise, norm, scale, LL, Pmax (RELION's ``MlOptimiser::maximization``, ``maximizationOtherParameters`` with ``--mu``).
 
     new = mu·old + (1 − mu)·estimate (mu = 0 for EM). prior_offset_A is the true class
     mean offset in Å (RELION stores it multiplied by pdf_class).

@@ -1,9 +1,9 @@
-"""Padded Fourier grids of the class averages: rotate ("project") and back-rotate (facts 2.3, 2.12).
+"""Padded Fourier grids of the class averages: rotate ("project") and back-rotate (RELION's ``Projector::rotate2D``, ``Projector::computeFourierTransformMap``).
 
 A class average is gridding pre-corrected (÷ sinc²), zero-padded to ``M = pf·N``,
 transformed with RELION's scale (÷N², phase origin at the centre) and kept as a half-plane
 grid with centred rows. :func:`project` samples it at ``pf·R(psi)·k`` (R counter-clockwise,
-facts 6.2) with bilinear interpolation, using the Hermitian partner for x < 0, so that
+RELION's ``Euler_angles2matrix``, ``Projector::rotate2D``) with bilinear interpolation, using the Hermitian partner for x < 0, so that
 ``prediction(r) = class(R(psi)·r)`` in real space. :func:`back_project` is its adjoint
 (bilinear "splatting"), used by the M-step.
 
@@ -129,7 +129,7 @@ def make_projector(references: Any, current_size: int, padding_factor: int = 2) 
 
 
 def reference_power_spectrum(projector: Projector) -> Any:
-    """tau2 (K, N//2+1): shell mean of |F|²/2 over padded voxels within pf·r_max (facts 2.8).
+    """tau2 (K, N//2+1): shell mean of |F|²/2 over padded voxels within pf·r_max (RELION's ``MlOptimiser::maximization``).
 
     Shell of a padded voxel = round(|v|/pf); shells beyond r_max are 0. Both halves of the
     x = 0 column count, as in RELION's FFTW-layout loop.
@@ -162,7 +162,7 @@ def _bilinear_setup(padding_factor: int, psi_deg: Any, kx: Any, ky: Any, center_
     c, s = xp.cos(psi), xp.sin(psi)
     kxf = kx.astype(xp.float64)[None, :]
     kyf = ky.astype(xp.float64)[None, :]
-    # sample at A^-1·k = R(psi)·k (facts 6.2), in padded units
+    # sample at A^-1·k = R(psi)·k (RELION's ``Euler_angles2matrix``, ``Projector::rotate2D``), in padded units
     xr = padding_factor * (c * kxf - s * kyf)
     yr = padding_factor * (s * kxf + c * kyf)
     conj = xr < 0

@@ -1,4 +1,4 @@
-"""Per-class features of 2D class averages, as RELION's class ranker computes them (facts 5.2, 5.3).
+"""Per-class features of 2D class averages, as RELION's class ranker computes them (``ClassRanker::getFeatures``, ``classFeatures::toNormalizedVector``).
 
 Pure functions on host NumPy arrays (a class average is small; features are computed once
 per class). The image features work on the average Fourier-resized to 4 Å/px; the mask
@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from emclass2d.core.initial import lowpass_raised_cosine
 from emclass2d.core.mask import radius_map
-from emclass2d.core.fourier import irfft2_centered, rfft2_centered, shell_index, window_fourier
+from emclass2d.core.fourier import irfft2_centered, rfft2_centered, window_fourier
 
 #: Pixel size (Å) the image features are computed at (``ClassRanker``: uniform 4 Å).
 FEATURE_PIXEL_SIZE_A = 4.0
@@ -39,7 +39,7 @@ MIN_PARTICLES_SCORED = 10
 #: Accuracy (deg, Å) given to classes with too few particles to estimate one (``ClassRanker``).
 SMALL_CLASS_ACCURACY = (5.0, 8.0)
 
-#: The 24 network inputs in order (facts 5.3); the last three are z-scored per job.
+#: The 24 network inputs in order (RELION's ``classFeatures::toNormalizedVector``); the last three are z-scored per job.
 VECTOR_FEATURES: tuple[str, ...] = (
     "accuracy_rotation_deg", "accuracy_translation_A", "weighted_resolution", "relative_resolution",
     "ring_mean", "ring_stddev", "protein_stddev", "solvent_mean", "solvent_stddev",
@@ -155,7 +155,7 @@ def granulometry(image: np.ndarray, radii_px: Sequence[int] = GRANULO_RADII_PX) 
 
 
 def class_image_features(average: np.ndarray, pixel_size_A: float, particle_diameter_A: float) -> dict[str, Any]:
-    """Image features of one class average ``(N, N)`` (facts 5.2, "Image features").
+    """Image features of one class average ``(N, N)`` (RELION's ``ClassRanker::getFeatures``, "Image features").
 
     Returns ring_*, lowpass_*, protein_*, solvent_* moments, protein_area (px),
     scattered_signal, edge_signal, relative_signal_intensity, granulo_1..6, radius_px
@@ -211,7 +211,7 @@ def class_metadata_features(
     box_px: int,
     pixel_size_A: float,
 ) -> dict[str, float]:
-    """Metadata features: distribution, count, resolution terms, accuracies (facts 5.2).
+    """Metadata features: distribution, count, resolution terms, accuracies (RELION's ``ClassRanker::getFeatures``).
 
     weighted_resolution = (1/res²)/ln(particle_nr); relative_resolution = res/(N·px).
     Accuracies above 99 (not estimated) must be replaced by the caller beforehand
@@ -237,7 +237,7 @@ def class_metadata_features(
 
 
 def normalized_vectors(features: Sequence[Mapping[str, float]]) -> np.ndarray:
-    """The ``(K, 24)`` normalised network input of the scored classes of one job (facts 5.3).
+    """The ``(K, 24)`` normalised network input of the scored classes of one job (RELION's ``classFeatures::toNormalizedVector``).
 
     The first 21 inputs use RELION's fixed means/stds; the last three are z-scored across
     the given classes (population std; 0 when the std is below 1e-10).

@@ -1,4 +1,4 @@
-"""Current resolution and image sizes (facts 2.10, 2.11) and per-class resolution (facts 1.6).
+"""Current resolution and image sizes (RELION's ``MlOptimiser::updateCurrentResolution``, ``MlOptimiser::initialise``) and per-class resolution (RELION's ``MlModel::write``).
 
 Example::
 
@@ -88,7 +88,7 @@ def image_sizes(current_resolution: float, box: int, pixel_size_A: float, incr_s
 
 def estimated_resolution_and_completeness(ssnr: Any, completeness: Any, box: int,
                                           pixel_size_A: float) -> tuple[Any, Any]:
-    """Per class rlnEstimatedResolution (Å) and rlnOverallFourierCompleteness (facts 1.6).
+    """Per class rlnEstimatedResolution (Å) and rlnOverallFourierCompleteness (RELION's ``MlModel::write``).
 
     maxres = last shell before the first shell (from 0) with SSNR < 1; resolution
     N·px/maxres (999 when maxres = 0); completeness = mean of the per-shell completeness

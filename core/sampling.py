@@ -1,4 +1,4 @@
-"""In-plane sampling of the hidden variables: psi angles and translations (facts 2.4).
+"""In-plane sampling of the hidden variables: psi angles and translations (RELION's ``HealpixSampling``).
 
 A :class:`Sampling` holds the coarse grids and the oversampling order; the random
 perturbation ``r`` is a field, so a new value per E-step gives a new frozen object
@@ -120,7 +120,7 @@ class Sampling:
 def n_psi_samples(psi_step_deg: float, round_to_32: bool = False) -> int:
     """Number of coarse psis: ceil(360/step), rounded up to a multiple of 32 if asked.
 
-    RELION rounds up to a multiple of 32 when it runs on an accelerator (facts 2.4, 7.20).
+    RELION rounds up to a multiple of 32 when it runs on an accelerator (RELION's ``HealpixSampling::initialise``).
     """
     if psi_step_deg <= 0:
         psi_step_deg = 10.0  # RELION's default when --psi_step < 0

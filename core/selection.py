@@ -1,4 +1,4 @@
-"""Which 2D classes to keep, and how to regroup the kept particles (facts 5.5, 5.7).
+"""Which 2D classes to keep, and how to regroup the kept particles (RELION's ``ClassRanker::performRanking``, ``regroupSelectedParticles``).
 
 Pure functions on per-class arrays (index k = class k+1). Unscored classes (too few
 particles) carry the score :data:`UNSCORED` and are never selected by score nor topped up.
@@ -102,7 +102,7 @@ def regroup(
 ) -> np.ndarray:
     """New group ids ``(P,)`` (1-based) for the selected particles, about ``nr_groups`` groups.
 
-    As RELION's "Regroup particles" (facts 5.7), particles of similar intensity scale end up
+    As RELION's "Regroup particles" (``regroupSelectedParticles``), particles of similar intensity scale end up
     together: within each optics group, particles are ordered by the
     rlnGroupScaleCorrection of their old group and cut into consecutive groups. Unlike
     RELION the cuts are placed so the number of groups is the request (optics groups share

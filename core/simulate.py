@@ -4,7 +4,7 @@ A procedural pseudo-atomic molecule (a few thousand Gaussian "atoms" in asymmetr
 and an arm; on request a ring of Cn-symmetric subunits or a featureless ellipsoid) is
 projected along ``n_views`` well-separated directions, each view drawn with its own
 frequency. Every particle is that projection rotated and shifted with RELION's
-conventions (facts 6.2, 6.3)::
+conventions (RELION's ``Euler_angles2matrix``, ``Projector::rotate2D``, ``shiftImageInFourierTransform``)::
 
     image(u) = projection_view(R(psi)·(u + o)),  R(psi) = [[cos, -sin], [sin, cos]],
 

@@ -1,4 +1,4 @@
-"""VDAM reference update: adaptive moments of the residual gradient and the damped step (facts 3.4-3.8).
+"""VDAM reference update: adaptive moments of the residual gradient and the damped step (RELION's ``MlOptimiser::maximizationGradientParameters``, ``BackProjector::reconstructGrad``, ``centerClasses``).
 
 Grids are padded half-plane Fourier transforms of shape ``(K, P, P//2+1)`` with
 ``P = round(pf*N)`` made even, in **FFTW layout** (as :mod:`emclass2d.core.fourier`: row
@@ -10,9 +10,9 @@ back-projector loops; shell of a voxel = ROUND(|k|/pf) (half away from zero).
 RELION stores the moments in "projector layout" (rows centred: row i has ky = i - P/2)
 as interleaved (re, im) float images, ``_1moment.mrcs`` (2K images: class k half 1 at
 k, half 2 at k+K) and ``_2moment.mrcs`` (K images). :meth:`VdamState.to_moment_stacks`
-and :meth:`VdamState.from_moment_stacks` convert (facts 1.9).
+and :meth:`VdamState.from_moment_stacks` convert (RELION's ``_1moment.mrcs``/``_2moment.mrcs`` layout).
 
-Per iteration (facts 3.2), after the E-step accumulated the residual sums of the two
+Per iteration (RELION's ``MlOptimiser::iterate`` with ``--grad``), after the E-step accumulated the residual sums of the two
 pseudo-halves::
 
     upd = update_moments(state, data_h1, weight_h1, data_h2, weight_h2, pdf_class, current_size, N)
@@ -177,7 +177,7 @@ class VdamState:
     def from_moment_stacks(
         cls, stack1: np.ndarray, stack2: np.ndarray, xp: Any = np, dtype: Any = np.float32
     ) -> VdamState:
-        """Rebuild the state from the two moment stacks as RELION writes them (facts 1.9).
+        """Rebuild the state from the two moment stacks as RELION writes them (RELION's ``_1moment.mrcs``/``_2moment.mrcs`` layout).
 
         Raises:
             ValueError: shapes that are not (2K, P, 2*(P//2+1)) and (K, P, 2*(P//2+1)).
@@ -240,7 +240,7 @@ def update_moments(
     current_size: int,
     ori_size: int,
 ) -> MomentUpdate:
-    """Moments and preconditioned gradient from the pseudo-half residual sums (facts 3.4).
+    """Moments and preconditioned gradient from the pseudo-half residual sums (RELION's ``MlOptimiser::maximizationGradientParameters``).
 
     ``data_h`` (K, P, P//2+1) complex and ``weight_h`` (K, P, P//2+1) real are the
     back-projected residual sums of each pseudo-half (particles with even / odd index).
@@ -292,7 +292,7 @@ def update_moments(
 
 
 def choose_class_replacement(pdf_class: Any, avg_class_error: Any, threshold: float) -> tuple[int, int] | None:
-    """(drop, expand) for ``--class_inactivity_threshold`` (facts 3.7), or None.
+    """(drop, expand) for ``--class_inactivity_threshold`` (RELION's ``maximizationGradientParameters``), or None.
 
     expand = largest avg_class_error; drop = smallest pdf_class, only if it is below
     threshold / (number of classes with pdf_class > 0). The first index wins ties. A
@@ -375,7 +375,7 @@ def fsc_weights(
     ori_size: int,
     fsc_halves: Any | None = None,
 ) -> Any:
-    """FSC-like per-shell weight (K, N//2+1) of the reference update (facts 3.5 step 2).
+    """FSC-like per-shell weight (K, N//2+1) of the reference update (RELION's ``BackProjector::reconstructGrad`` step 2).
 
     prev = mean |P| over the band voxels of each shell; snr = 2*T*prev/noise (0 where
     noise = 0); fsc = min(max(snr/(1+snr), fsc_halves), 1); shells without voxels get 0.
@@ -416,7 +416,7 @@ def reconstruct_grad(
     per_class_step: bool = True,
     fsc_halves: Any | None = None,
 ) -> tuple[Any, Any]:
-    """Gradient step on the class averages (``BackProjector::reconstructGrad``, facts 3.5).
+    """Gradient step on the class averages (RELION's ``BackProjector::reconstructGrad``).
 
     For each class with ``update[k]``: P = padded transform of ``averages[k]`` (K, N, N);
     inside the band P <- P + λ_k*(fsc*G - (1-fsc)*P); back to real space with
@@ -450,7 +450,7 @@ def reconstruct_grad(
 
 
 def centring_min_shift_px(particle_diameter_A: float, pixel_size_A: float) -> float:
-    """Shortest centring shift (px) applied in VDAM: max(0.01*diameter/px, 2) (facts 3.8)."""
+    """Shortest centring shift (px) applied in VDAM: max(0.01*diameter/px, 2) (RELION's ``centerClasses`` in VDAM)."""
     return max(0.01 * particle_diameter_A / pixel_size_A, 2.0)
 
 
@@ -460,7 +460,7 @@ def centring_applies(shift_px: tuple[float, float], particle_diameter_A: float, 
 
 
 def shift_first_moments(state: VdamState, shifts_px: Any) -> VdamState:
-    """Shift both first moments of each class by ``shifts_px[k] = (dx, dy)`` px (facts 3.8).
+    """Shift both first moments of each class by ``shifts_px[k] = (dx, dy)`` px (RELION's ``centerClasses`` in VDAM).
 
     Phase ramp exp(-2πi (kx*dx + ky*dy)/P) on the padded grid, i.e. the same translation of
     the (zero-padded) real-space image that moves the class average by (dx, dy). Rows of

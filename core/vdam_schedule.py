@@ -1,4 +1,4 @@
-"""Per-iteration schedule of the gradient-driven (VDAM) Class2D algorithm (facts 3.1-3.9, 1.3).
+"""Per-iteration schedule of the gradient-driven (VDAM) Class2D algorithm (RELION's ``MlOptimiser::iterate`` with ``--grad``, ``MlOptimiser::write`` with ``--grad_write_iter``).
 
 One VDAM "iteration" is one mini-batch. The run has three phases (initial, in-between,
 final); the mini-batch size grows linearly through the in-between phase, the step size
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-#: Base step size for 2D classification when ``--grad_stepsize`` is -1 (facts 3.1).
+#: Base step size for 2D classification when ``--grad_stepsize`` is -1 (RELION's ``MlOptimiser::iterate`` with ``--grad``).
 DEFAULT_STEPSIZE_2D = 0.3
 #: Step size reached at the start of a run with the default "<0.9/s>-step" scheme.
 INITIAL_STEPSIZE_2D = 0.9
@@ -35,7 +35,7 @@ DEFAULT_TAU2_FUDGE = 4.0
 
 
 def phase_lengths(nr_iter: int, ini_frac: float = 0.3, fin_frac: float = 0.2) -> tuple[int, int, int, float, float]:
-    """Split ``nr_iter`` mini-batches into (ini_iter, inbetween_iter, fin_iter) (facts 3.1).
+    """Split ``nr_iter`` mini-batches into (ini_iter, inbetween_iter, fin_iter) (RELION's ``MlOptimiser::iterate`` with ``--grad``).
 
     Both fractions must lie in (0, 1); if their sum exceeds 0.9 both are divided by
     ``sum + 0.1``. Returns the three lengths and the (possibly rescaled) fractions, which
@@ -59,7 +59,7 @@ def phase_lengths(nr_iter: int, ini_frac: float = 0.3, fin_frac: float = 0.2) ->
 
 
 def default_subset_sizes(nr_particles: int, ini_subset: int = -1, fin_subset: int = -1) -> tuple[int, int]:
-    """Initial and final mini-batch sizes for 2D; -1 (or <= 0) means automatic (facts 3.1).
+    """Initial and final mini-batch sizes for 2D; -1 (or <= 0) means automatic (RELION's ``MlOptimiser::iterate`` with ``--grad``).
 
     ini = max(min(0.005*N_p, 10000), 200); fin = max(min(0.05*N_p, 100000), 1000),
     truncated to integers as a C++ double-to-integer conversion does.
@@ -85,7 +85,7 @@ def parse_scheme_factor(scheme: str, option: str) -> float | None:
 
 
 def decimal_sigmoid(it: int, centre_start: int, width: int) -> float:
-    """1/(10^((it - b - a/2)/(a/4)) + 1) with b = ``centre_start``, a = ``width`` (facts 3.1).
+    """1/(10^((it - b - a/2)/(a/4)) + 1) with b = ``centre_start``, a = ``width`` (RELION's ``MlOptimiser::iterate`` with ``--grad``).
 
     1 well before the middle of the window [b, b+a], 0 well after, 0.5 at b + a/2.
     RELION divides by a/4 = 0 when the window is empty (very short runs); here ``width <= 0``
@@ -102,7 +102,7 @@ def decimal_sigmoid(it: int, centre_start: int, width: int) -> float:
 
 @dataclass(frozen=True)
 class VdamSchedule:
-    """Resolved VDAM options; methods give each iteration's settings (facts 3.1-3.9).
+    """Resolved VDAM options; methods give each iteration's settings (RELION's ``MlOptimiser::iterate`` with ``--grad``).
 
     Build with :func:`make_vdam_schedule`, which resolves the -1/"" automatic values.
     ``it`` is RELION's iteration number: 1 … nr_iter (0 = the initial write only).
@@ -181,11 +181,11 @@ class VdamSchedule:
         return 5 * self.nr_classes if self.do_grad(it) else -1
 
     def mu_at(self, it: int) -> float:
-        """Momentum of pdf_class, sigma2_noise, norm, scale, offsets (facts 3.6): mu on mini-batches, else 0."""
+        """Momentum of pdf_class, sigma2_noise, norm, scale, offsets (RELION's ``maximizationOtherParameters`` with ``--mu``): mu on mini-batches, else 0."""
         return self.mu if self.do_grad(it) and self.subset_size(it) != -1 else 0.0
 
     def center_classes_at(self, it: int, center_classes: bool = True) -> bool:
-        """Whether ``centerClasses`` runs after iteration ``it`` (facts 3.8).
+        """Whether ``centerClasses`` runs after iteration ``it`` (RELION's ``centerClasses`` in VDAM).
 
         Initial and in-between phases and any iteration not followed by a gradient step
         (so the last one), never in the rest of the final phase.
@@ -202,7 +202,7 @@ class VdamSchedule:
         )
 
     def writes_files(self, it: int) -> bool:
-        """Whether iteration ``it`` writes its files (facts 1.3, ``--grad_write_iter``)."""
+        """Whether iteration ``it`` writes its files (RELION's ``MlOptimiser::write`` with ``--grad_write_iter``)."""
         skip = (
             self.do_grad(it)
             and self.subset_size(it) > 0
@@ -292,7 +292,7 @@ def minibatch_indices(
     iteration: int,
     optics_group: Any | None = None,
 ) -> np.ndarray:
-    """Particle indices of one mini-batch (``Experiment::randomiseParticlesOrder``, facts 3.1).
+    """Particle indices of one mini-batch (``Experiment::randomiseParticlesOrder``, RELION's ``MlOptimiser::iterate`` with ``--grad``).
 
     The whole list is permuted with ``numpy.random.default_rng(random_seed + iteration)``
     (reproducible, but not the same permutation as RELION's std::mt19937), the first

@@ -1,5 +1,16 @@
 """Job types, their registry and the ``emclass2d`` command line.
 
+Where options meet files and the core. :mod:`.hookspecs` (the plugin contract),
+:mod:`.base` (``JobOptions``, ``JobType``, ``RunContext``) and :mod:`.registry` (plugin
+manager and registry) are the plugin API; then one package per front end or job:
+
+* :mod:`.running`: validate, prepare and execute a job (foreground or detached), the one
+  path every front end takes;
+* :mod:`.cli`: the ``emclass2d`` command, one module per verb;
+* :mod:`.ccpem`: our job types as CCP-EM pipeliner job types;
+* :mod:`.reports`: class gallery and convergence plot;
+* :mod:`.class2d` and :mod:`.select`: the two job types, registered as plugins.
+
 Writing a plugin
 ----------------
 

@@ -13,7 +13,7 @@ Example::
     job_type = registry.get("emclass2d.class2d")       # a JobType instance
     registry.unavailable                               # {'name': 'reason', ...}
 
-See also: :mod:`emclass2d.jobtypes.hookspecs`, :mod:`emclass2d.jobtypes.running.execute`.
+See also: :mod:`emclass2d.jobtypes.hookspecs`, :mod:`emclass2d.jobtypes.running`.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Train the class-score model on labelled class averages and write its weights.
 
+A developer tool, not installed with the package: run it from a checkout with emclass2d installed.
+
 Two sources of labelled classes, each grouped by "job" (one simulated data set or one
 Class2D run; the last three ranker inputs are normalised per job):
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from emclass2d.nodes.files.output_nodes import write_output_nodes_file
 from emclass2d.jobtypes.registry import get_registry
-from emclass2d.jobtypes.running.execute import EXIT_CODES, execute, prepare_from_job_dir
+from emclass2d.jobtypes.running import EXIT_CODES, execute, prepare_from_job_dir
 from emclass2d.nodes.graph import labels as L
 from emclass2d.nodes.graph.pipeline import Node, Pipeline, Process
 from emclass2d.nodes.graph.project import Project

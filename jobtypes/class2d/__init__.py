@@ -10,7 +10,10 @@ Example::
     emclass2d run emclass2d.class2d --fn_img Extract/job012/particles.star --nr_classes 50 \\
         --do_em Yes --do_grad No --particle_diameter 200
 
-See also: :mod:`emclass2d.jobtypes.class2d.options`, :mod:`emclass2d.jobtypes.class2d.run`.
+Modules: :mod:`.options` (the job.star options), :mod:`.run` (devices and dispatch),
+:mod:`.start` (new or continued run), :mod:`.em` and :mod:`.vdam` (the two loops),
+:mod:`.step` (what both loops share), :mod:`.particle_stream` (particles through the
+E-step, batch by batch, over the devices).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Options of the Class2D job: RELION's job.star names, GUI labels and defaults (facts 4.7).
+"""Options of the Class2D job: RELION's job.star names, GUI labels and defaults (RELION's ``RelionJob::initialiseClass2DJob``).
 
 Every RELION Class2D option is accepted so that a RELION ``job.star`` can be run as is;
 options that only steer RELION's own process handling (queue, disc I/O, scratch) are kept

@@ -12,7 +12,7 @@ Example::
     emclass2d run emclass2d.class2d --fn_img particles.star --nr_classes 50
     emclass2d status
 
-See also: :mod:`emclass2d.jobtypes.running.execute`.
+See also: :mod:`emclass2d.jobtypes.running`.
 """
 from __future__ import annotations
 

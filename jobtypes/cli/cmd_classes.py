@@ -12,7 +12,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from emclass2d.jobtypes.cli.cmd_run import run_in_place
-from emclass2d.jobtypes.running.execute import prepare_continue
+from emclass2d.jobtypes.running import prepare_continue
 
 ACCEPTS_JOB_OPTIONS = True
 

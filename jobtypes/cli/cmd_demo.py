@@ -21,7 +21,7 @@ import numpy as np
 
 from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
 from emclass2d.jobtypes.registry import get_registry
-from emclass2d.jobtypes.running.execute import run_new
+from emclass2d.jobtypes.running import run_new
 from emclass2d.nodes.graph.project import Project
 
 

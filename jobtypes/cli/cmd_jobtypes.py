@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from emclass2d.jobtypes.registry import get_registry
-from emclass2d.jobtypes.running.execute import allowed_text
+from emclass2d.jobtypes.running import allowed_text
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

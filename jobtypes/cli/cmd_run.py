@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from emclass2d.jobtypes.cli.tokens import parse_job_tokens
 from emclass2d.jobtypes.registry import get_registry
-from emclass2d.jobtypes.running.execute import EXIT_CODES, PreparedJob, RunError, launch, prepare_new
+from emclass2d.jobtypes.running import EXIT_CODES, PreparedJob, RunError, launch, prepare_new
 from emclass2d.nodes.graph.jobstar import read_job_star
 from emclass2d.nodes.graph.project import Project
 

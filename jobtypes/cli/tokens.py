@@ -7,7 +7,7 @@ Example::
 """
 from __future__ import annotations
 
-from emclass2d.jobtypes.base import YES
+from emclass2d.nodes.graph.labels import YES
 
 
 class TokenError(ValueError):

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from emclass2d.jobtypes.registry import get_registry
-from emclass2d.jobtypes.running.execute import EXIT_CODES, execute, prepare_from_job_dir
+from emclass2d.jobtypes.running import EXIT_CODES, execute, prepare_from_job_dir
 from emclass2d.nodes.graph import labels as L
 from emclass2d.nodes.graph.project import Project
 

@@ -4,6 +4,11 @@ Scores every class of a Class2D iteration with a calibrated model on RELION's
 class-ranker features, selects by score and/or class values, and writes RELION's
 Select outputs. Registered through the same hook as any plugin.
 
+Modules: :mod:`.options`, :mod:`.inputs` (the Class2D iteration as selection sees it),
+:mod:`.scoring` (features, scores, cache), :mod:`.model` (the class-score network and its
+weights), :mod:`.run` (selection and outputs). The training of the weights is a developer
+tool, ``tools/train_ranker.py``, not installed.
+
 Example::
 
     emclass2d run emclass2d.select.class2dauto --fn_model Class2D/job013/run_it100_optimiser.star \\

@@ -1,6 +1,6 @@
 """Read one Class2D iteration (ours or RELION's) for selection: optimiser, model, data, averages.
 
-Follows the optimiser.star the way RELION's class ranker does (facts 5.1): the model and
+Follows the optimiser.star the way RELION's class ranker does (``ClassRanker::read``): the model and
 data files come from rlnModelStarFile and rlnExperimentalDataStarFile, paths relative to
 the project directory. Every problem is a :class:`Class2DInputError` naming the file and
 the label.

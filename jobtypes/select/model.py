@@ -1,6 +1,6 @@
 """The class score: a small calibrated network on class-ranker features, in NumPy.
 
-Input per class: the 24 normalised class-ranker inputs (facts 5.3) plus a few
+Input per class: the 24 normalised class-ranker inputs (RELION's ``classFeatures::toNormalizedVector``) plus a few
 scale-free image and size statistics (:data:`EXTRA_INPUTS`). The network is one hidden
 tanh layer and a logistic output; a Platt calibration fitted on held-out classes maps its
 logit to a probability that the class is good, so among classes scored ``s`` about a

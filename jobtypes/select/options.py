@@ -1,4 +1,4 @@
-"""Options of the automatic 2D class selection job (RELION Select job.star names, facts 4.8).
+"""Options of the automatic 2D class selection job (RELION Select job.star names, ``RelionJob::initialiseSelectJob``).
 
 RELION's names, labels and defaults where RELION has the option (``fn_model``,
 ``do_class_ranker``, ``rank_threshold``, ``select_nr_parts``, ``select_nr_classes``,

@@ -3,7 +3,7 @@
 Everything is read and decided before the first output is written, so a bad input leaves
 the job directory without outputs (the runner then writes the failure marker).
 
-Outputs (facts 5.6, in the job directory): particles.star, class_averages.star +
+Outputs (RELION's ``ClassRanker`` output files, in the job directory): particles.star, class_averages.star +
 class_averages.mrcs, rank_model.star, rank_optimiser.star, rank_data.star,
 backup_selection.star, features.csv, features.npy, class_averages.png, report.html.
 

@@ -1,6 +1,6 @@
 """Features and scores of every class of a Class2D iteration, with a project-level cache.
 
-:func:`class_features` applies RELION's class-ranker rules (facts 5.1-5.2) to one
+:func:`class_features` applies RELION's class-ranker rules (``ClassRanker::read``, ``ClassRanker::getFeatures``) to one
 iteration: classes with at most 10 particles are not scored; CTF-intact-first-peak runs
 have their averages corrected first; accuracies that were not estimated (999) are given
 5°/8 Å for small classes or re-estimated from the class average (simplified, see

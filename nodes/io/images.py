@@ -5,7 +5,7 @@ batches lazily: every stack is opened once with ``mrcfile.mmap`` (read only, per
 a batch is read file by file with sorted indices, and nothing loads a whole large stack.
 Paths in image names are relative to the project directory.
 
-RELION rules kept (facts 6.5): the index before ``@`` is 1-based with any number of
+RELION rules kept (``Image::read`` on ``N@stack`` names): the index before ``@`` is 1-based with any number of
 digits; complex modes (3, 4) are refused. RELION refuses ``N@file.mrc`` (stacks must be
 ``.mrcs``); we read it when the file is a stack of 2-D images and warn once, since a
 RELION job on the same project would fail.

@@ -140,7 +140,7 @@ def read_mrcs(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
 def write_complex_stack(path: str | os.PathLike[str], stack: np.ndarray) -> None:
     """Store (K, H, W) complex images as (K, H, 2W) float32 interleaved (re, im) pairs.
 
-    RELION's VDAM moments (facts 1.9): W = pf*N/2 + 1, H = pf*N; the header has pixel
+    RELION's VDAM moments (RELION's ``_1moment.mrcs``/``_2moment.mrcs`` layout): W = pf*N/2 + 1, H = pf*N; the header has pixel
     size 1 (cell = dimensions), as RELION writes them.
     """
     stack = np.asarray(stack)

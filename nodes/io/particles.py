@@ -1,7 +1,7 @@
 """The particles STAR file (RELION 3.1+: ``data_optics`` + ``data_particles``) as Class2D sees it.
 
 :class:`ParticleTable` reads and validates the file, then does what RELION's
-``Experiment::read`` does before refinement (facts 1.7):
+``Experiment::read`` does before refinement:
 
 * stable-sorts the particles by ``rlnMicrographName`` (the original row of every particle
   is kept in :attr:`ParticleTable.original_row`);
