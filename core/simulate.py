@@ -28,6 +28,10 @@ Example::
     sim.truth[["kind", "view", "psi_deg", "origin_x_px"]].head()
     sim.view_projections                  # (6, 64, 64) noise-free, centred, unrotated
 
+Longer than most modules because a simulated data set is one piece of truth (molecules,
+views, junk types, CTFs, offsets, noise); kept in one module so the conventions it must
+share with the E-step are stated once.
+
 See also: :mod:`emclass2d.core.ctf`, :mod:`emclass2d.core.metrics`.
 """
 from __future__ import annotations

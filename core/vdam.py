@@ -22,7 +22,11 @@ pseudo-halves::
     averages, fsc = reconstruct_grad(averages, upd.grad, upd.noise, pdf_class, step, T,
                                      current_size, update=upd.active & (k != drop))
 
-See also: :mod:`emclass2d.core.vdam_schedule` (step size, T, mini-batches per iteration).
+Longer than most modules because the moments, their grid layouts and the reference update
+share one padded-grid convention; they are kept together so that convention is written once.
+
+See also: :mod:`emclass2d.core.vdam_schedule` (step size, T, mini-batches per iteration),
+:mod:`emclass2d.core.vdam_maximization` (one gradient step).
 """
 from __future__ import annotations
 

@@ -27,6 +27,10 @@ Example::
     ctf = table.ctf_parameters()                               # dict of (500,) float64
     write_star("run_it000_data.star", table.to_blocks())
 
+Longer than most modules because it is one class, :class:`ParticleTable`, and the rules of
+one file (reading, label checks, units, CTF parameters, batches, writing back); split, its
+halves would share every private column helper.
+
 See also: :mod:`emclass2d.nodes.io.images` (the images), :mod:`emclass2d.core.batch`.
 """
 from __future__ import annotations
