@@ -325,6 +325,23 @@ def replace_class(state: VdamState, drop: int, expand: int, damping: float = REP
     return VdamState(m1_half1=m1a, m1_half2=m1b, m2=m2, m2_updated_r2=updated)
 
 
+def restart_split_moments(state: VdamState, expand: int, drop: int) -> VdamState:
+    """Moments after class ``expand`` was split into ``expand`` and ``drop`` (new averages for both).
+
+    The first moments of both restart (all zero: the next gradient is taken as is, as on
+    first use), so neither carries the momentum of the mixed class; ``drop`` takes the
+    second moment of ``expand``.
+    """
+    m1a, m1b, m2 = state.m1_half1.copy(), state.m1_half2.copy(), state.m2.copy()
+    for k in (expand, drop):
+        m1a[k] = 0
+        m1b[k] = 0
+    m2[drop] = m2[expand]
+    updated = state.m2_updated_r2.copy()
+    updated[drop] = updated[expand]
+    return VdamState(m1_half1=m1a, m1_half2=m1b, m2=m2, m2_updated_r2=updated)
+
+
 def copy_class_rows(arrays: Mapping[str, Any], drop: int, expand: int) -> dict[str, Any]:
     """Copies of per-class arrays (first axis = class) with row ``expand`` copied into ``drop``.
 

@@ -31,11 +31,14 @@ from emclass2d.core.vdam_schedule import VdamSchedule
 
 
 def gradient_maximization(model: Model, stats: Any, tau2: Any, settings: Settings, vstate: VdamState,
-                          sched: VdamSchedule, it: int) -> tuple[Model, VdamState, tuple[int, int] | None]:
+                          sched: VdamSchedule, it: int, copy_replacement: bool = True,
+                          ) -> tuple[Model, VdamState, tuple[int, int] | None]:
     """Moments, class replacement, SSNR, reference step and other parameters (RELION's ``MlOptimiser::maximizationGradientParameters``, ``BackProjector::reconstructGrad``).
 
     ``model`` and ``vstate`` on the device of ``stats``; ``stats`` hold the residual sums
-    of two pseudo-halves. Returns (new model, new moments, (drop, expand) or None).
+    of two pseudo-halves. ``copy_replacement`` False leaves out RELION's copy of the
+    largest-error class into an inactive one (class splits replace it). Returns (new
+    model, new moments, (drop, expand) or None).
     """
     n, pf = model.box, model.padding_factor
     cur = int(stats.current_size)
@@ -48,7 +51,7 @@ def gradient_maximization(model: Model, stats: Any, tau2: Any, settings: Setting
     vstate = upd.state
     update = upd.active.copy()
     pair = None
-    if sched.class_replacement_at(it):
+    if copy_replacement and sched.class_replacement_at(it):
         pair = choose_class_replacement(model.pdf_class, upd.avg_class_error, sched.class_inactivity_threshold)
     if pair is not None:
         model, vstate = replace_inactive_class(model, vstate, *pair)
@@ -77,11 +80,18 @@ def replace_inactive_class(model: Model, vstate: VdamState, drop: int, expand: i
 
     Copies the average, pdf_class, pdf_direction, tau2, SSNR and the moments (the copied
     half-1 first moment damped by 0.9); pdf_class is renormalised by the next M-step.
+    RELION keeps the dropped class's offset prior as stored, i.e. the product mean offset ×
+    old pdf_class, which the E-step uses as the prior's centre; ``prior_offset_A`` (the
+    mean itself) is rescaled so that product stays the same under the copied pdf_class.
     """
     rows = copy_class_rows(dict(references=model.references, pdf_class=model.pdf_class,
                                 pdf_direction=model.pdf_direction, tau2=model.tau2,
                                 data_vs_prior=model.data_vs_prior), drop, expand)
-    return replace(model, **rows), replace_class(vstate, drop, expand)
+    xp = array_module(model.prior_offset_A)
+    old_pdf, new_pdf = float(to_host(model.pdf_class)[drop]), float(to_host(rows["pdf_class"])[drop])
+    prior = xp.array(model.prior_offset_A, copy=True)
+    prior[drop] = prior[drop] * (old_pdf / new_pdf if new_pdf > 0 else 0.0)
+    return replace(model, prior_offset_A=prior, **rows), replace_class(vstate, drop, expand)
 
 
 def center_gradient_classes(refs: np.ndarray, vstate: VdamState, max_shift_px: float, diameter_A: float,

@@ -29,6 +29,7 @@ from emclass2d.core.mstep import maximization
 from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
 from emclass2d.jobtypes.class2d.particle_stream import move_to
+from emclass2d.jobtypes.class2d.split import EM_SPLIT_SETTLE, em_split_window, mark_seen, split_inactive_class
 from emclass2d.jobtypes.class2d.step import (RunState, after_maximization, estimate_accuracies, finish,
                                              iteration_setup, make_particle_stream, record_iteration,
                                              update_particles, write_iteration_files)
@@ -54,6 +55,9 @@ def run_em(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: list
         model = after_maximization(ctx, opts, state, model, it, write_unmasked=True)
         model = estimate_accuracies(state, model, it, devices[0])
         summary = update_particles(state, results, model)
+        mark_seen(state, results.index, it)
+        if opts.do_split_classes and em_split_window(it, nr_iter):
+            model, _ = split_inactive_class(ctx, opts, state, model, stream, it, settle_iterations=EM_SPLIT_SETTLE)
         state.model = model
         write_iteration_files(ctx, opts, state, it, write_sampling=True)
         elapsed, eta = record_iteration(state, summary, it, nr_iter, t0, t_start)

@@ -96,6 +96,12 @@ class Class2DOptions(JobOptions):
     oversampling: int = option(1, relion="oversampling", label="Oversampling order:", ge=0, le=3, in_continue=True)
     class_inactivity_threshold: float = option(0.1, relion="class_inactivity_threshold",
                                                label="Class inactivity threshold (VDAM):", ge=0, in_continue=True)
+    do_split_classes: bool = option(
+        False, relion="do_split_classes", label="Re-seed inactive classes by splitting?", in_continue=True,
+        help="Yes: an inactive class (pdf below class_inactivity_threshold / active classes) is re-seeded by "
+             "splitting the most heterogeneous large class along the main variation of its aligned particles "
+             "(EM and VDAM); No: RELION's behaviour (VDAM copies the class with the largest gradient, EM leaves "
+             "empty classes empty)")
     grad_write_iter: int = option(10, relion="grad_write_iter", label="Write output every N mini-batches (VDAM):",
                                   ge=1, in_continue=True)
     grad_ini_frac: float = option(0.3, relion="grad_ini_frac", label="Initial phase fraction (VDAM):", gt=0, lt=1, in_continue=True)

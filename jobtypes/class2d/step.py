@@ -67,6 +67,10 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     smallest_changes: dict[str, float] = field(default_factory=lambda: {
         "orient": 999.0, "offsets": 999.0, "classes": 9999999.0})
+    #: Iteration in which each particle was last assigned (0 = not in this run yet); for class splits.
+    last_seen: np.ndarray | None = None
+    #: Iteration of the latest split that made each class (class index -> iteration).
+    split_at: dict[int, int] = field(default_factory=dict)
 
 
 def record_iteration(state: RunState, summary: dict[str, Any], it: int, nr_iter: int, t0: float, t_start: float,

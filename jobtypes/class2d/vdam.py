@@ -55,13 +55,15 @@ import numpy as np
 
 from emclass2d.core.backend import get_xp
 from emclass2d.core.mstep import maximization
+from emclass2d.core.model import Model
 from emclass2d.core.projector import padded_size
-from emclass2d.core.vdam import VdamState
+from emclass2d.core.vdam import VdamState, restart_split_moments
 from emclass2d.core.vdam_maximization import center_gradient_classes, gradient_maximization
 from emclass2d.core.vdam_schedule import VdamSchedule, make_vdam_schedule, minibatch_indices
 from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
-from emclass2d.jobtypes.class2d.particle_stream import move_to
+from emclass2d.jobtypes.class2d.particle_stream import ParticleStream, move_to
+from emclass2d.jobtypes.class2d.split import mark_seen, split_inactive_class, vdam_split_settle
 from emclass2d.jobtypes.class2d.step import (RunState, after_maximization, estimate_accuracies, finish,
                                              iteration_setup, make_particle_stream, record_iteration,
                                              update_particles, write_iteration_files)
@@ -173,7 +175,7 @@ def run_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: li
         pair = None
         if do_grad:
             model, vstate, pair = gradient_maximization(move_to(model, dev), stats, setup.tau2, settings,
-                                                        vstate, sched, it)
+                                                        vstate, sched, it, copy_replacement=not opts.do_split_classes)
             model = move_to(model, "cpu")
             center = sched.center_classes_at(it, bool(opts.do_center))
             if center:
@@ -191,6 +193,9 @@ def run_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: li
         if pair is not None:
             ctx.log(f"Mini-batch {it}: class {pair[0] + 1} (inactive) replaced by a copy of class {pair[1] + 1}")
         summary = update_particles(state, results, model)
+        mark_seen(state, results.index, it)
+        if do_grad and opts.do_split_classes and sched.class_replacement_at(it):
+            model, vstate = split_gradient_class(ctx, opts, state, model, vstate, stream, it, sched)
         state.model = model
         if sched.writes_files(it):
             _write_vdam(ctx, opts, state, sched, it, vstate)
@@ -201,6 +206,16 @@ def run_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, devices: li
                 f"{elapsed:.1f} s (ETA {format_duration(eta)})")
         ctx.iteration_done(it, summary)
     finish(ctx, opts, state, nr_iter)
+
+
+def split_gradient_class(ctx: RunContext, opts: Class2DOptions, state: RunState, model: Model, vstate: VdamState,
+                         stream: ParticleStream, it: int, sched: VdamSchedule) -> tuple[Model, VdamState]:
+    """``do_split_classes``: the inactive class re-seeded by a split, the moments of both halves restarted."""
+    settle = vdam_split_settle(state.table.n_particles, sched.subset_size(it))
+    model, split = split_inactive_class(ctx, opts, state, model, stream, it, settle_iterations=settle)
+    if split is None:
+        return model, vstate
+    return model, restart_split_moments(vstate, split.expand, split.drop)
 
 
 def _write_vdam(ctx: RunContext, opts: Class2DOptions, state: RunState, sched: VdamSchedule, it: int,

@@ -117,7 +117,8 @@ def test_inactive_class_is_replaced_by_a_copy_of_the_largest_error_class():
     model = Model.empty(n_classes=k, box=n, pixel_size_A=2.0)
     model = Model(**{**model.__dict__, "references": rng.normal(size=(k, n, n)).astype(np.float32),
                      "pdf_class": np.array([0.6, 0.399, 0.001]), "pdf_direction": np.array([0.6, 0.399, 0.001]),
-                     "tau2": rng.random((k, n // 2 + 1)), "data_vs_prior": rng.random((k, n // 2 + 1))})
+                     "tau2": rng.random((k, n // 2 + 1)), "data_vs_prior": rng.random((k, n // 2 + 1)),
+                     "prior_offset_A": rng.normal(size=(k, 2))})
     shape = (k, p, p // 2 + 1)
     vstate = VdamState(m1_half1=(rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64),
                        m1_half2=(rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64),
@@ -136,6 +137,9 @@ def test_inactive_class_is_replaced_by_a_copy_of_the_largest_error_class():
     np.testing.assert_array_equal(new_state.m1_half2[2], vstate.m1_half2[1])
     np.testing.assert_array_equal(new_state.m2[2], vstate.m2[1])
     assert new_state.m2_updated_r2[2] == 20
+    # the E-step's offset-prior centre (mean offset x pdf_class, RELION's stored value) is kept
+    np.testing.assert_allclose(new_model.prior_offset_A[2] * new_model.pdf_class[2],
+                               model.prior_offset_A[2] * model.pdf_class[2])
     # an active class (above threshold/K_active) is never dropped
     assert choose_class_replacement(np.array([0.4, 0.3, 0.3]), np.array([0.1, 0.5, 0.0]), 0.1) is None
 
