@@ -20,7 +20,7 @@ from __future__ import annotations
 from emclass2d.jobtypes import hookimpl
 from emclass2d.jobtypes.base import JobOptions, JobType, NodeSpec, RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
-from emclass2d.nodes.graph.labels import NODE_CLASS2D_DATA, NODE_CLASS2D_OPTIMISER, NODE_PARTICLES
+from emclass2d.nodes.graph.labels import NODE_CLASS2D_DATA, NODE_CLASS2D_OPTIMISER, NODE_IMAGE2D_STACK, NODE_PARTICLES
 
 
 
@@ -35,9 +35,13 @@ class Class2DJob(JobType):
     continue_option = "fn_cont"
 
     def input_nodes(self, options: JobOptions) -> list[NodeSpec]:
-        """The particles STAR file (new runs; a continue reads the optimiser.star instead)."""
+        """The particles STAR file and the initial references, if given (new runs; a continue
+        reads the optimiser.star instead)."""
         assert isinstance(options, Class2DOptions)
-        return [NodeSpec(options.fn_img, NODE_PARTICLES)] if options.fn_img else []
+        nodes = [NodeSpec(options.fn_img, NODE_PARTICLES)] if options.fn_img else []
+        if options.fn_ref and not options.fn_cont:
+            nodes.append(NodeSpec(options.fn_ref, NODE_IMAGE2D_STACK))
+        return nodes
 
     def output_nodes(self, options: JobOptions, job_dir: str) -> list[NodeSpec]:
         """data.star and optimiser.star of the last iteration of a new run (as RELION declares)."""

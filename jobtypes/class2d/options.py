@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from pydantic import TypeAdapter, ValidationError, model_validator
 
 from emclass2d.jobtypes.base import JobOptions, option
-from emclass2d.nodes.graph.labels import NODE_PARTICLES, format_flag
+from emclass2d.nodes.graph.labels import NODE_IMAGE2D_STACK, NODE_PARTICLES, format_flag
 
 _BOOL = TypeAdapter(bool)
 
@@ -29,6 +29,10 @@ class Class2DOptions(JobOptions):
     # --- I/O
     fn_img: str = option("", relion="fn_img", label="Input images STAR file:", node_type=NODE_PARTICLES,
                          help="particles.star in RELION 3.1+ format (optics + particles tables)")
+    fn_ref: str = option("", relion="fn_ref", label="Initial references (2D stack):", node_type=NODE_IMAGE2D_STACK,
+                         help="optional .mrcs stack of starting class averages on the particles' grey scale (e.g. "
+                              "a run_itNNN_classes.mrcs; relion_refine --ref); its images set the number of "
+                              "classes; empty: references made from the particles (blobs)")
     fn_cont: str = option("", relion="fn_cont", label="Continue from here:", in_continue=True,
                           help="a run_itNNN_optimiser.star of this job to continue from")
     # --- CTF

@@ -23,6 +23,7 @@ from emclass2d.core.backend import get_xp, to_device, to_host
 from emclass2d.core.ctf import compute_ctf
 from emclass2d.core.fourier import frequency_grid
 from emclass2d.core.initial import (NoiseSums, ReferenceSums, add_noise_sums, add_reference_sums, blob_references,
+                                    lowpass_raised_cosine,
                                     check_background_normalisation, first_particles_per_group, initial_ssnr,
                                     initial_tau2, rotated_defocus_angle, sigma2_noise_from_sums, stage2_references)
 from emclass2d.core.model import Model, Settings
@@ -34,6 +35,7 @@ from emclass2d.jobtypes.class2d.particle_stream import move_to
 from emclass2d.jobtypes.class2d.step import INITIAL_SIGMA_OFFSET_A, WIDTH_MASK_EDGE_PX, RunState, write_iteration_files
 from emclass2d.nodes.files import class2d as c2f
 from emclass2d.nodes.files.class2d import model_from_iteration
+from emclass2d.nodes.io.mrc import read_mrcs
 from emclass2d.nodes.io.particles import ParticleTable, image_source_for, resolve_in_project
 
 
@@ -70,6 +72,31 @@ def _read_particles(ctx: RunContext, fn_img: str) -> ParticleTable:
     return ParticleTable.read(path)
 
 
+def read_initial_references(ctx: RunContext, fn_ref: str, box: int, pixel_size_A: float) -> np.ndarray:
+    """The ``fn_ref`` stack (K, N, N) float32, checked against the particles' box and pixel size.
+
+    RELION's ``--ref`` with a 2-D stack: one reference per image, the stack sets the number of
+    classes. Raises JobFailed naming the file and what was expected.
+    """
+    path = resolve_in_project(fn_ref, ctx.project_dir)
+    if not path.is_file():
+        raise JobFailed(f"fn_ref: initial references {fn_ref} not found")
+    try:
+        stack, px = read_mrcs(path)
+    except Exception as exc:  # mrcfile raises ValueError / OSError for bad headers and short files
+        raise JobFailed(f"fn_ref: {fn_ref} is not a readable MRC stack ({exc})") from None
+    if stack.ndim != 3 or stack.shape[1:] != (box, box):
+        raise JobFailed(f"fn_ref: {fn_ref} holds images of {stack.shape[1:]} px; expected {box} x {box} px "
+                        "as the particles")
+    if not np.isfinite(stack).all():
+        bad = int(np.nonzero(~np.isfinite(stack).reshape(len(stack), -1).all(axis=1))[0][0]) + 1
+        raise JobFailed(f"fn_ref: image {bad} of {fn_ref} has non-finite pixels (NaN or infinity)")
+    if px > 1.0 and abs(px - pixel_size_A) > 0.01 * pixel_size_A:
+        ctx.warn(f"WARNING: fn_ref {fn_ref} has pixel size {px:g} Å in its header, the particles {pixel_size_A:g} Å; "
+                 "the images are used as they are")
+    return stack.astype(np.float32)
+
+
 def new_state(ctx: RunContext, opts: Class2DOptions, devices: list[str]) -> RunState:
     """Read particles, estimate the initial noise and build blob references (RELION 4+)."""
     table = _read_particles(ctx, opts.fn_img)
@@ -85,6 +112,12 @@ def new_state(ctx: RunContext, opts: Class2DOptions, devices: list[str]) -> RunS
     settings = make_settings(opts, n, px, table.n_groups, seed)
     images = image_source_for(table, ctx.project_dir)
     k = int(opts.nr_classes)
+    given_refs = read_initial_references(ctx, opts.fn_ref, n, px) if opts.fn_ref else None
+    if given_refs is not None:
+        if len(given_refs) != k:
+            ctx.log(f"Initial references: {len(given_refs)} images in {opts.fn_ref} set the number of classes "
+                    f"(nr_classes {k} not used, as RELION's --ref)")
+        k = len(given_refs)
     ctx.log(f"Particles: {table.n_particles} ({n} px, {px:g} Å/px, {table.n_groups} scale groups, "
             f"{table.n_optics_groups} optics groups); classes: {k}; random seed: {seed}")
     xp = get_xp(devices[0])
@@ -122,7 +155,10 @@ def new_state(ctx: RunContext, opts: Class2DOptions, devices: list[str]) -> RunS
     sigma2 = sigma2_noise_from_sums(noise)
     ini_high = default_ini_high_A(n, px)
     stage2 = stage2_references(refs, ini_high, px)
-    references = blob_references(stage2, diameter_A / px, WIDTH_MASK_EDGE_PX, ini_high, px, seed)
+    if given_refs is None:
+        references = blob_references(stage2, diameter_A / px, WIDTH_MASK_EDGE_PX, ini_high, px, seed)
+    else:  # low-passed at ini_high as RELION's initial references (initialLowPassFilterReferences)
+        references = lowpass_raised_cosine(xp.asarray(given_refs), ini_high, px)
 
     model = Model.empty(n_classes=k, box=n, pixel_size_A=px, n_optics=table.n_optics_groups,
                         n_groups=table.n_groups, xp=xp, tau2_fudge=settings.tau2_fudge,
