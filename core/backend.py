@@ -14,6 +14,7 @@ See also: ``Class2D`` options ``use_gpu`` / ``gpu_ids`` (RELION's syntax "0,1").
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from types import ModuleType
 from typing import Any
 
@@ -89,14 +90,36 @@ def _module_of(a: Any) -> ModuleType:
     return np
 
 
+def device_id(device: str) -> int | None:
+    """CUDA device number of a device string: ``"gpu:N"`` -> N, ``"gpu"`` -> 0, ``"cpu"`` -> None."""
+    if device == "cpu":
+        return None
+    if device == "gpu":
+        return 0
+    head, _, number = device.partition(":")
+    if head != "gpu" or not number.isdigit():
+        raise ValueError(f"device must be 'cpu', 'gpu' or 'gpu:N' (got {device!r})")
+    return int(number)
+
+
+def device_scope(device: str) -> AbstractContextManager[Any]:
+    """Context in which new CuPy arrays and kernels go to ``device`` (nothing on the CPU).
+
+    CuPy's current device is per thread and starts at 0, so every thread that computes on
+    ``gpu:N`` (the main thread included) must enter this scope first.
+    """
+    dev = device_id(device)
+    if dev is None:
+        return nullcontext()
+    return get_xp(device).cuda.Device(dev)
+
+
 def to_device(a: Any, device: str = "cpu") -> Any:
     """Copy a host array to ``device`` (no copy on the CPU, or if already there)."""
     if device == "cpu":
         return to_host(a)
-    cp = get_xp(device)
-    dev_id = int(device.split(":")[1]) if ":" in device else 0
-    with cp.cuda.Device(dev_id):
-        return cp.asarray(a)
+    with device_scope(device):
+        return get_xp(device).asarray(a)
 
 
 def to_host(a: Any) -> np.ndarray:

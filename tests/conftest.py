@@ -27,15 +27,16 @@ from builders import particle_batch as _particle_batch  # noqa: E402  (needs TES
 from emclass2d.core.backend import cupy_or_none
 
 
-@pytest.fixture(params=["numpy", "cupy"])
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``gpu`` are skipped, with the reason shown, where CuPy sees no CUDA device."""
+    if item.get_closest_marker("gpu") is not None and cupy_or_none() is None:
+        pytest.skip("gpu: needs CuPy and a CUDA device (none visible here)")
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
 def xp(request):
-    """Array module under test; the cupy case is skipped without a CUDA device."""
-    if request.param == "numpy":
-        return np
-    cp = cupy_or_none()
-    if cp is None:
-        pytest.skip("no GPU: CuPy backend not tested here")
-    return cp
+    """Array module under test; the cupy case is marked ``gpu`` (skipped without a CUDA device)."""
+    return np if request.param == "numpy" else cupy_or_none()
 
 
 @pytest.fixture

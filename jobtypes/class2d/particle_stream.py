@@ -3,7 +3,8 @@
 Reads particle images batch by batch from the memory-mapped stacks (the next batch is read
 in a background thread while the current one is computed), moves each batch to its device,
 calls :func:`emclass2d.core.estep.expectation_batch`, and reduces the statistics on the
-first device. With several GPUs the batches go round-robin to one worker thread per GPU.
+first device. With several GPUs the batches go round-robin to one worker thread per GPU;
+each thread enters its GPU (CuPy's current device is per thread) before computing.
 
 Example::
 
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from emclass2d.core.backend import to_device, to_host
+from emclass2d.core.backend import device_scope, to_device, to_host
 from emclass2d.core.estep import BatchStats, EStepSetup, expectation_batch, merge_stats, prepare_iteration
 from emclass2d.core.model import Model, Settings
 from emclass2d.core.sampling import Sampling
@@ -95,23 +96,28 @@ class ParticleStream:
         """E-step over particle rows ``indices``; statistics on the first device, results on the host."""
         devs = self.devices
         models = {d: move_to(model, d) for d in devs}
-        setups = {d: prepare_iteration(models[d], settings, sampling, iteration) for d in devs}
+        setups = {}
+        for d in devs:
+            with device_scope(d):
+                setups[d] = prepare_iteration(models[d], settings, sampling, iteration)
         total = len(indices)
         done = 0
         stats: dict[str, BatchStats | None] = {d: None for d in devs}
         collected: list[tuple[np.ndarray, Any]] = []
 
         def work(dev: str, idx: np.ndarray, imgs: np.ndarray) -> tuple[np.ndarray, Any, BatchStats]:
-            batch = move_to(self.table.make_batch(idx, imgs, with_ctf=self.with_ctf), dev)
-            s, r = expectation_batch(batch, models[dev], settings, setups[dev],
-                                     accumulate_residual=accumulate_residual, split_halves=split_halves,
-                                     memory_budget_bytes=self.memory_budget_bytes)
-            return idx, r, s
+            with device_scope(dev):
+                batch = move_to(self.table.make_batch(idx, imgs, with_ctf=self.with_ctf), dev)
+                s, r = expectation_batch(batch, models[dev], settings, setups[dev],
+                                         accumulate_residual=accumulate_residual, split_halves=split_halves,
+                                         memory_budget_bytes=self.memory_budget_bytes)
+                return idx, r, s
 
         def absorb(dev: str, out: tuple[np.ndarray, Any, BatchStats]) -> None:
             nonlocal done
             idx, r, s = out
-            stats[dev] = s if stats[dev] is None else merge_stats(stats[dev], s)
+            with device_scope(dev):
+                stats[dev] = s if stats[dev] is None else merge_stats(stats[dev], s)
             collected.append((idx, r))
             done += len(idx)
             self.progress(done, total, f"iteration {iteration} E-step")
@@ -134,12 +140,13 @@ class ParticleStream:
                 for d, fut in pending:
                     absorb(d, fut.result())
         merged: BatchStats | None = None
-        for d in devs:
-            s = stats[d]
-            if s is None:
-                continue
-            s = s if d == devs[0] else move_to(s, devs[0])
-            merged = s if merged is None else merge_stats(merged, s)
+        with device_scope(devs[0]):
+            for d in devs:
+                s = stats[d]
+                if s is None:
+                    continue
+                s = s if d == devs[0] else move_to(s, devs[0])
+                merged = s if merged is None else merge_stats(merged, s)
         if merged is None:
             raise ValueError("expectation: no particles were processed")
         return merged, _gather(collected), setups[devs[0]]

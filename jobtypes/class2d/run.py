@@ -12,7 +12,7 @@ from __future__ import annotations
 
 
 
-from emclass2d.core.backend import gpu_available, gpu_count
+from emclass2d.core.backend import device_scope, gpu_available, gpu_count
 from emclass2d.jobtypes.base import JobFailed, RunContext
 from emclass2d.jobtypes.class2d.em import run_em
 from emclass2d.jobtypes.class2d.options import Class2DOptions
@@ -31,14 +31,15 @@ def run_class2d(ctx: RunContext) -> None:
     ctx.log(f"Compute devices: {', '.join(devices)}")
     if opts.do_queue:
         ctx.warn("WARNING: Submit to queue? is Yes, but queue submission is not available: the job runs here")
-    try:
-        state = continue_state(ctx, opts) if ctx.is_continue else new_state(ctx, opts, devices)
-    except (StarFileError, ImageReadError, ValueError) as exc:
-        raise JobFailed(str(exc)) from exc
-    if opts.do_grad:
-        run_vdam(ctx, opts, state, devices)
-    else:
-        run_em(ctx, opts, state, devices)
+    with device_scope(devices[0]):  # the M-step and the reductions run on the first device
+        try:
+            state = continue_state(ctx, opts) if ctx.is_continue else new_state(ctx, opts, devices)
+        except (StarFileError, ImageReadError, ValueError) as exc:
+            raise JobFailed(str(exc)) from exc
+        if opts.do_grad:
+            run_vdam(ctx, opts, state, devices)
+        else:
+            run_em(ctx, opts, state, devices)
 
 
 def _configure_threads(nr_threads: int) -> None:

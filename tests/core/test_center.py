@@ -96,6 +96,7 @@ def test_fourier_shift_equals_cyclic_real_space_shift() -> None:
     assert center_of_mass_positive(moved)[0] == pytest.approx([1.5, -0.5], abs=0.02)
 
 
+@pytest.mark.gpu
 def test_gpu_matches_cpu() -> None:
     from emclass2d.core.backend import gpu_available, to_device, to_host
 

@@ -193,6 +193,7 @@ def test_background_check_flags_first_bad_image() -> None:
     assert "particle 1 " in check_background_normalisation(small, radius_px=10)
 
 
+@pytest.mark.gpu
 def test_gpu_matches_cpu() -> None:
     from emclass2d.core.backend import get_xp, gpu_available, to_device, to_host
 

@@ -307,6 +307,7 @@ def test_padded_round_trip_of_smooth_average():
     np.testing.assert_allclose(back, blob, atol=2e-3)
 
 
+@pytest.mark.gpu
 def test_gpu_matches_cpu():
     from emclass2d.core.backend import cupy_or_none, to_device, to_host
 

@@ -333,6 +333,7 @@ def test_bad_inputs_fail_cleanly(project):
 
 
 # ----------------------------------------------------------------------------- devices
+@pytest.mark.gpu
 def test_numpy_and_cupy_estep_agree(project):
     cp = cupy_or_none()
     if cp is None:
