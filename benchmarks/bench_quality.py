@@ -23,6 +23,8 @@ Scores (good particles = not junk):
   classes_20_good     classes holding at least 20 good particles
   junk_removed        share of junk in classes whose majority is junk
   wall_s              wall time of the Class2D run
+  cpu_s               CPU time (user + system) of the Class2D run: steadier than wall time
+                      on a shared machine
 
 Usage::
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -127,20 +130,18 @@ def _class2d_args(cell: Cell, method: str, seed: int, threads: int) -> list[str]
     return args
 
 
-def run_ours(cell: Cell, method: str, seed: int, project: Path, threads: int) -> tuple[Path, float]:
-    """Run our Class2D job for ``method``; returns (last data.star, wall seconds)."""
+def run_ours(cell: Cell, method: str, seed: int, project: Path, threads: int) -> tuple[Path, float, float]:
+    """Run our Class2D job for ``method``; returns (last data.star, wall seconds, CPU seconds)."""
     cmd = [sys.executable, "-m", "emclass2d.jobtypes.cli", "run", "emclass2d.class2d", "--project", str(project),
            *_class2d_args(cell, method, seed, threads)]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    done, wall, cpu = _timed(cmd, cwd=None)
     if done.returncode != 0:
         raise RuntimeError(f"{method} seed {seed} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     job = _last_job(project, "Class2D")
-    return _last_data_star(job), wall
+    return _last_data_star(job), wall, cpu
 
 
-def run_relion(cell: Cell, method: str, seed: int, project: Path, threads: int) -> tuple[Path, float]:
+def run_relion(cell: Cell, method: str, seed: int, project: Path, threads: int) -> tuple[Path, float, float]:
     """Run ``relion_refine`` (RELION_BIN) with the GUI's settings as its CLI spells them."""
     binary = os.environ["RELION_BIN"]
     out = project / "Relion" / f"{method}_s{seed}"
@@ -157,12 +158,21 @@ def run_relion(cell: Cell, method: str, seed: int, project: Path, threads: int) 
     else:
         cmd += ["--grad", "--class_inactivity_threshold", "0.1", "--grad_write_iter", "10",
                 "--iter", str(cell.iter_grad)]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    done, wall, cpu = _timed(cmd, cwd=project)
     if done.returncode != 0:
         raise RuntimeError(f"{method} seed {seed} failed:\n{done.stderr[-2000:]}")
-    return _last_data_star(out), wall
+    return _last_data_star(out), wall, cpu
+
+
+def _timed(cmd: list[str], cwd: Path | None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``cmd``; returns (result, wall seconds, CPU seconds of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done, wall, cpu
 
 
 def _last_job(project: Path, kind: str) -> Path:
@@ -234,8 +244,9 @@ def run_grid(args: argparse.Namespace) -> None:
                 simulate(cell, seed, project)
                 print(f"[{time.strftime('%H:%M:%S')}] cell {name} seed {seed} {method} ...", flush=True)
                 runner = run_relion if method.startswith("relion") else run_ours
-                data_star, wall = runner(cell, method, seed, project, args.threads)
+                data_star, wall, cpu = runner(cell, method, seed, project, args.threads)
                 result = {"cell": name, "method": method, "seed": seed, "wall_s": round(wall, 1),
+                          "cpu_s": round(cpu, 1),
                           "data_star": str(data_star), "cell_setting": asdict(cell),
                           **score(cell, data_star, project / "Simulated" / "truth.csv")}
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +256,8 @@ def run_grid(args: argparse.Namespace) -> None:
                       f"{wall:.0f} s", flush=True)
 
 
-FIGURES = ("ari", "purity", "views_found", "rare_found", "pure_classes", "classes_20_good", "junk_removed", "wall_s")
+FIGURES = ("ari", "purity", "views_found", "rare_found", "pure_classes", "classes_20_good", "junk_removed", "wall_s",
+           "cpu_s")
 
 
 def report(out: Path, cells: list[str]) -> str:
@@ -263,8 +275,8 @@ def report(out: Path, cells: list[str]) -> str:
     for (cell, method), group in sorted(table.groupby(["cell", "method"]), key=lambda kv: (kv[0][0], order[kv[0][1]])):
         cells_txt = []
         for figure in FIGURES:
-            values = group[figure].astype(float)
-            fmt = "{:.0f}" if figure == "wall_s" else ("{:.2f}" if figure in ("ari", "purity", "junk_removed") else "{:.1f}")
+            values = group[figure].astype(float) if figure in group else pd.Series([np.nan])
+            fmt = "{:.0f}" if figure.endswith("_s") else ("{:.2f}" if figure in ("ari", "purity", "junk_removed") else "{:.1f}")
             cells_txt.append(f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1) if len(values) > 1 else 0)}")
         rare_runs = f"{int((group['rare_found'] > 0).sum())} / {len(group)}"
         lines.append(f"| {cell} | {method} | {len(group)} | " + " | ".join(cells_txt) + f" | {rare_runs} |")
