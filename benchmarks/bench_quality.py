@@ -196,8 +196,7 @@ def score(cell: Cell, data_star: Path, truth_csv: Path) -> dict[str, float]:
     truth = pd.read_csv(truth_csv)
     view_of = dict(zip(truth["rlnImageName"], truth["view"]))
     data = starfile.read(data_star, always_dict=True)["particles"]
-    names = data["rlnImageName"].astype(str).str.replace(r"@.*/Simulated/", "@Simulated/", regex=True)
-    view = np.array([view_of[n] for n in names])
+    view = np.array([view_of[n] for n in data["rlnImageName"].astype(str)])
     klass = data["rlnClassNumber"].to_numpy()
     good = view >= 0
     table = contingency_table(klass, view)            # rows: classes, columns: sorted labels (-1 = junk first)

@@ -93,7 +93,7 @@ def estep(root: Path, state, model, sampling, device: str, n: int) -> tuple[floa
     idx = np.arange(n)
     stream.expectation(model, state.settings, sampling, 1, idx[: min(n, 512)])  # warm-up (kernels, plans)
     t0 = time.perf_counter()
-    stats, results, setup = stream.expectation(model, state.settings, sampling, 1, idx)
+    stats, results, _ = stream.expectation(model, state.settings, sampling, 1, idx)
     if device != "cpu":
         import cupy as cp
 

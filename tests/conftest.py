@@ -3,7 +3,7 @@
 
 The tests are grouped by package: ``core/``, ``nodes/``, ``jobtypes/``, and ``e2e/`` for
 whole jobs run as a user runs them. Helpers shared by several folders (``builders``,
-``fixture_paths``, ``echo_plugin``, ``ccpem_env``) live here, on ``sys.path``.
+``class2d_runs``, ``fixture_paths``, ``echo_plugin``, ``ccpem_env``) live here, on ``sys.path``.
 
 ``tools/`` (developer tools, not installed) is put on ``sys.path`` so that tests import
 ``train_ranker`` as the tool runs.

@@ -23,9 +23,9 @@ from emclass2d.core.backend import get_xp, to_device, to_host
 from emclass2d.core.ctf import compute_ctf
 from emclass2d.core.fourier import frequency_grid
 from emclass2d.core.initial import (NoiseSums, ReferenceSums, add_noise_sums, add_reference_sums, blob_references,
-                                    lowpass_raised_cosine,
                                     check_background_normalisation, first_particles_per_group, initial_ssnr,
-                                    initial_tau2, rotated_defocus_angle, sigma2_noise_from_sums, stage2_references)
+                                    initial_tau2, lowpass_raised_cosine, rotated_defocus_angle, sigma2_noise_from_sums,
+                                    stage2_references)
 from emclass2d.core.model import Model, Settings
 from emclass2d.core.resolution import default_ini_high_A, image_sizes, initial_resolution
 from emclass2d.core.sampling import Sampling, make_sampling
@@ -142,20 +142,21 @@ def new_state(ctx: RunContext, opts: Class2DOptions, devices: list[str]) -> RunS
                 warned = True
         noise = add_noise_sums(noise, imgs, xp.asarray(table.optics_index[idx]),
                                radius_px=radius_px if opts.do_zero_mask else None, edge_px=WIDTH_MASK_EDGE_PX)
-        psi = rng.uniform(0.0, 360.0, size=len(idx))
-        ctf = None
-        if opts.do_ctf_correction:
-            c = table.ctf_parameters(idx)
-            ctf = compute_ctf(X, Y, c["defocus_u_A"], c["defocus_v_A"],
-                              rotated_defocus_angle(c["defocus_angle_deg"], psi), c["voltage_kV"], c["cs_mm"],
-                              c["amplitude_contrast"], c["phase_shift_deg"], c["ctf_bfactor_A2"], c["ctf_scale"],
-                              intact_first_peak=opts.ctf_intact_first_peak)
-        refs = add_reference_sums(refs, imgs, ctf, xp.asarray(idx % k), xp.asarray(psi))
+        if given_refs is None:  # stage-1 references, only for the blobs
+            psi = rng.uniform(0.0, 360.0, size=len(idx))
+            ctf = None
+            if opts.do_ctf_correction:
+                c = table.ctf_parameters(idx)
+                ctf = compute_ctf(X, Y, c["defocus_u_A"], c["defocus_v_A"],
+                                  rotated_defocus_angle(c["defocus_angle_deg"], psi), c["voltage_kV"], c["cs_mm"],
+                                  c["amplitude_contrast"], c["phase_shift_deg"], c["ctf_bfactor_A2"], c["ctf_scale"],
+                                  intact_first_peak=opts.ctf_intact_first_peak)
+            refs = add_reference_sums(refs, imgs, ctf, xp.asarray(idx % k), xp.asarray(psi))
         ctx.progress(min(start + 256, len(first)), len(first), "initial noise and references")
     sigma2 = sigma2_noise_from_sums(noise)
     ini_high = default_ini_high_A(n, px)
-    stage2 = stage2_references(refs, ini_high, px)
     if given_refs is None:
+        stage2 = stage2_references(refs, ini_high, px)
         references = blob_references(stage2, diameter_A / px, WIDTH_MASK_EDGE_PX, ini_high, px, seed)
     else:  # low-passed at ini_high as RELION's initial references (initialLowPassFilterReferences)
         references = lowpass_raised_cosine(xp.asarray(given_refs), ini_high, px)

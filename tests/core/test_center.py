@@ -98,10 +98,8 @@ def test_fourier_shift_equals_cyclic_real_space_shift() -> None:
 
 @pytest.mark.gpu
 def test_gpu_matches_cpu() -> None:
-    from emclass2d.core.backend import gpu_available, to_device, to_host
+    from emclass2d.core.backend import to_device, to_host
 
-    if not gpu_available():
-        pytest.skip("no GPU")
     rng = np.random.default_rng(8)
     imgs = rng.normal(size=(3, 16, 16)).astype(np.float32) + blob(16, 2.0, -1.0)[None] * 4
     shifts = np.array([[1.3, -0.6], [-2.0, 3.0], [0.25, 0.5]])

@@ -195,10 +195,8 @@ def test_background_check_flags_first_bad_image() -> None:
 
 @pytest.mark.gpu
 def test_gpu_matches_cpu() -> None:
-    from emclass2d.core.backend import get_xp, gpu_available, to_device, to_host
+    from emclass2d.core.backend import get_xp, to_device, to_host
 
-    if not gpu_available():
-        pytest.skip("no GPU")
     cp = get_xp("gpu")
     rng = np.random.default_rng(9)
     imgs = rng.normal(size=(20, 16, 16)).astype(np.float32)

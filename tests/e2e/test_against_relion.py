@@ -15,7 +15,6 @@ offsets 5 px range / 1 px step). We run the same settings and compare:
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -28,11 +27,10 @@ from emclass2d.core.ctf import compute_ctf
 from emclass2d.core.fourier import frequency_grid, irfft2_centered, rfft2_centered, shell_index
 from emclass2d.core.metrics import adjusted_rand_index
 from emclass2d.core.simulate import particle_positions
-from emclass2d.jobtypes.base import RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
-from emclass2d.jobtypes.class2d.run import run_class2d
 from emclass2d.nodes.io.mrc import read_mrcs
 from emclass2d.nodes.io.star import read_star
+from class2d_runs import run_class2d_in
 from fixture_paths import RELION5_CLASS2D
 
 pytestmark = pytest.mark.skipif(not RELION5_CLASS2D.is_dir(), reason="RELION 5 fixtures not found")
@@ -49,16 +47,6 @@ def _project(tmp_path: Path) -> Path:
     for name in ("particles.star", "particles.mrcs"):
         shutil.copy(RELION5_CLASS2D / name, tmp_path / name)
     return tmp_path
-
-
-def _run(project: Path, job: str, opts: Class2DOptions, is_continue: bool = False) -> None:
-    old = os.getcwd()
-    os.chdir(project)
-    try:
-        run_class2d(RunContext(project_dir=project, job_dir=job, options=opts, is_continue=is_continue,
-                               log=lambda s: None, warn=lambda s: None))
-    finally:
-        os.chdir(old)
 
 
 def _particles(data_star: Path):
@@ -158,7 +146,7 @@ def test_same_classes_resolution_and_alignment_as_relion(tmp_path, stack, algo):
         opts = Class2DOptions(do_em=False, do_grad=True, nr_iter_grad=100, class_inactivity_threshold=0.1,
                               grad_write_iter=10, **GUI)
         ours, relion = "Class2D/job002/run_it100", RELION5_CLASS2D / "Class2D/job002/run_it100"
-    _run(project, ours.rsplit("/", 1)[0] + "/", opts)
+    run_class2d_in(project, ours.rsplit("/", 1)[0] + "/", opts)
     mine = project / ours
     p_ours, _ = _particles(Path(f"{mine}_data.star"))
     p_rel, _ = _particles(Path(f"{relion}_data.star"))
@@ -179,7 +167,7 @@ def test_continue_of_a_relion_em_run(tmp_path):
     shutil.copytree(RELION5_CLASS2D / "Class2D/job001", project / "Class2D/job001")
     opts = Class2DOptions(do_em=True, do_grad=False, nr_iter_em=26, fn_cont="Class2D/job001/run_it025_optimiser.star",
                           **GUI)
-    _run(project, "Class2D/job001/", opts, is_continue=True)
+    run_class2d_in(project, "Class2D/job001/", opts, is_continue=True)
     job = project / "Class2D/job001"
     relion = read_star(job / "run_it025_model.star")["model_general"]
     rewritten = read_star(job / "run_ct25_it025_model.star")["model_general"]

@@ -6,7 +6,6 @@ from a written iteration, and agreement with the truth compared with EM.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,31 +15,18 @@ import pytest
 from emclass2d.core.metrics import adjusted_rand_index, class_purity
 from emclass2d.core.model import Model
 from emclass2d.core.vdam import VdamState
-from emclass2d.jobtypes.base import RunContext
 from emclass2d.jobtypes.class2d.options import Class2DOptions
-from emclass2d.jobtypes.class2d.run import run_class2d
 from emclass2d.core.vdam_maximization import replace_inactive_class
 from emclass2d.jobtypes.class2d.vdam import schedule_for
 from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
 from emclass2d.nodes.files import class2d as c2f
 from emclass2d.nodes.io.mrc import read_complex_stack, read_mrcs
 from emclass2d.nodes.io.star import read_star
+from class2d_runs import run_class2d_in
 
 SMALL = dict(nr_classes=4, particle_diameter=150.0, random_seed=3, psi_sampling=15.0, offset_range=3.0,
              offset_step=1.5, do_em=False, do_grad=True, nr_iter_grad=12, grad_write_iter=4,
              grad_ini_subset=80, grad_fin_subset=240)
-
-
-def _run(project: Path, job: str, opts: Class2DOptions, is_continue: bool = False) -> list[str]:
-    lines: list[str] = []
-    old = os.getcwd()
-    os.chdir(project)
-    try:
-        run_class2d(RunContext(project_dir=project, job_dir=job, options=opts, is_continue=is_continue,
-                               log=lines.append, warn=lines.append))
-    finally:
-        os.chdir(old)
-    return lines
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +36,9 @@ def vdam_run(tmp_path_factory):
     simulate_project_files("Sim", n=500, box=32, pixel_size_A=6.0, n_views=3, snr=0.3, junk_fraction=0.0,
                            n_micrographs=5, seed=5, project_dir=project)
     opts = Class2DOptions(fn_img="Sim/particles.star", **SMALL)
-    log = _run(project, "Class2D/job001/", opts)
+    log = run_class2d_in(project, "Class2D/job001/", opts)
     cont = Class2DOptions(fn_img="Sim/particles.star", fn_cont="Class2D/job001/run_it008_optimiser.star", **SMALL)
-    _run(project, "Class2D/job001/", cont, is_continue=True)
+    run_class2d_in(project, "Class2D/job001/", cont, is_continue=True)
     return project, project / "Class2D/job001", log
 
 
@@ -176,8 +162,8 @@ def em_and_vdam(tmp_path_factory) -> tuple[list[tuple[float, float]], list[tuple
         common = dict(fn_img="Sim/particles.star", nr_classes=8, particle_diameter=144.0, random_seed=seed,
                       psi_sampling=12.0, offset_range=3.0, offset_step=1.5, nr_threads=2)
         em_job, vdam_job = f"Class2D/job{2 * i + 1:03d}/", f"Class2D/job{2 * i + 2:03d}/"
-        _run(root, em_job, Class2DOptions(do_em=True, do_grad=False, nr_iter_em=10, **common))
-        _run(root, vdam_job, Class2DOptions(do_em=False, do_grad=True, nr_iter_grad=200, **common))
+        run_class2d_in(root, em_job, Class2DOptions(do_em=True, do_grad=False, nr_iter_em=10, **common))
+        run_class2d_in(root, vdam_job, Class2DOptions(do_em=False, do_grad=True, nr_iter_grad=200, **common))
         em.append(_agreement(root, root / em_job / "run_it010_data.star"))
         vdam.append(_agreement(root, root / vdam_job / "run_it200_data.star"))
     print(f"(ARI, purity) per seed: EM {em}, VDAM {vdam}")

@@ -1,7 +1,6 @@
 """``fn_ref``: a Class2D run started from given 2-D references (relion_refine's ``--ref``)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,12 @@ import pytest
 from emclass2d.core.initial import lowpass_raised_cosine
 from emclass2d.core.resolution import default_ini_high_A
 from emclass2d.core.simulate import simulate_particles
-from emclass2d.jobtypes.base import JobFailed, RunContext
+from emclass2d.jobtypes.base import JobFailed
 from emclass2d.jobtypes.class2d.options import Class2DOptions
-from emclass2d.jobtypes.class2d.run import run_class2d
 from emclass2d.jobtypes.cli.cmd_simulate import simulate_project_files
 from emclass2d.nodes.graph.labels import NODE_IMAGE2D_STACK
 from emclass2d.nodes.io.mrc import read_mrcs, write_mrcs
+from class2d_runs import run_class2d_in
 
 BOX, PX, VIEWS, SEED = 48, 3.0, 3, 7
 SIM = dict(n=240, box=BOX, pixel_size_A=PX, n_views=VIEWS, snr=0.5, junk_fraction=0.0, n_micrographs=4, seed=SEED,
@@ -24,17 +23,9 @@ SIM = dict(n=240, box=BOX, pixel_size_A=PX, n_views=VIEWS, snr=0.5, junk_fractio
 
 
 def _run(project: Path, job: str, **options) -> list[str]:
-    lines: list[str] = []
     opts = Class2DOptions(fn_img="Sim/particles.star", do_em=True, do_grad=False, particle_diameter=110.0,
                           random_seed=1, psi_sampling=15.0, offset_range=3.0, offset_step=1.5, nr_threads=1, **options)
-    old = os.getcwd()
-    os.chdir(project)
-    try:
-        run_class2d(RunContext(project_dir=project, job_dir=job, options=opts, is_continue=False,
-                               log=lines.append, warn=lines.append))
-    finally:
-        os.chdir(old)
-    return lines
+    return run_class2d_in(project, job, opts)
 
 
 @pytest.fixture(scope="module")
